@@ -1,0 +1,117 @@
+"""The two asymmetric distorted views of paper §2.2 (BYOL's augmentation parameters).
+
+Both views: random resized crop (bicubic), horizontal flip, colour jitter, grayscale. Gaussian blur and
+solarization have different probabilities per view (blur 1.0 / 0.1, solarization 0.0 / 0.2). An
+operation whose probability is 0 is left out of the pipeline, so printing a view shows exactly what it
+does; that is also how Fig. 3's "remove augmentations one by one" ablation is run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel of about 10% of the image side, as BYOL (23 px at 224 px)."""
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+def view_transform(
+    image_size: int,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    flip_p: float = 0.5,
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    blur_p: float = 1.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    solarize_p: float = 0.0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> T.Compose:
+    """One view's pipeline: PIL image in, normalised float tensor (3, image_size, image_size) out."""
+    ops: list[Callable] = [
+        T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)
+    ]
+    if flip_p > 0:
+        ops.append(T.RandomHorizontalFlip(p=flip_p))
+    if jitter_p > 0 and any(jitter):
+        brightness, contrast, saturation, hue = jitter
+        ops.append(T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p))
+    if grayscale_p > 0:
+        ops.append(T.RandomGrayscale(p=grayscale_p))
+    if blur_p > 0:
+        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=blur_sigma)], p=blur_p))
+    if solarize_p > 0:
+        ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)
+
+
+class TwoViews:
+    """Maps one image to its two distorted views ``(y_a, y_b)``."""
+
+    def __init__(self, view_a: Callable, view_b: Callable):
+        self.view_a = view_a
+        self.view_b = view_b
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view_a(image), self.view_b(image)
+
+    def __repr__(self) -> str:
+        return f"TwoViews(\n  view_a={self.view_a},\n  view_b={self.view_b}\n)"
+
+
+def two_views(
+    image_size: int,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    flip_p: float = 0.5,
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    blur_p: tuple[float, float] = (1.0, 0.1),
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    solarize_p: tuple[float, float] = (0.0, 0.2),
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> TwoViews:
+    """The paper's asymmetric pair: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
+    shared = dict(
+        image_size=image_size,
+        crop_scale=crop_scale,
+        flip_p=flip_p,
+        jitter=jitter,
+        jitter_p=jitter_p,
+        grayscale_p=grayscale_p,
+        blur_sigma=blur_sigma,
+        mean=mean,
+        std=std,
+    )
+    return TwoViews(
+        view_transform(**shared, blur_p=blur_p[0], solarize_p=solarize_p[0]),
+        view_transform(**shared, blur_p=blur_p[1], solarize_p=solarize_p[1]),
+    )
+
+
+def eval_transform(
+    image_size: int,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    resize_ratio: float = 256 / 224,
+) -> T.Compose:
+    """Deterministic test-time transform of appendix B.1: resize to 256/224 of the size, centre crop."""
+    return T.Compose(
+        [
+            T.Resize(round(image_size * resize_ratio), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )

@@ -1,0 +1,163 @@
+"""Checkpoints: atomic writes, ``weights_only`` loading, backbone export and foreign state_dicts.
+
+A checkpoint is a plain dict of tensors and Python scalars, so ``torch.load(..., weights_only=True)``
+reads it without unpickling code. Writes go to a temporary file in the same directory, are flushed to
+disk and then renamed over the old file: a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.model import build_backbone
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "barlowtwins-checkpoint/1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise BarlowTwinsError(
+            f"no checkpoint at {path}; pass a run directory made by 'barlowtwins pretrain'"
+        )
+    return path
+
+
+def load_file(path: str | Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {error})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A full training checkpoint (model, optimizer, progress, config) from a run dir or file."""
+    path = checkpoint_path(path)
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise BarlowTwinsError(f"{path} is not a barlowtwins checkpoint; for plain weights use --weights")
+    return state
+
+
+def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's entries of a BarlowTwins state_dict, with torchvision's key names."""
+    prefix = "backbone."
+    return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the backbone as a plain state_dict (loads into ``torchvision.models.<arch>()`` without ``fc``).
+
+    A JSON file beside it records the architecture and stem, which a bare state_dict cannot say.
+    """
+    state = load_checkpoint(checkpoint)
+    weights = backbone_state_dict(state["model"])
+    model_config = state["config"]["model"]
+    info = {
+        "arch": model_config["arch"],
+        "small_stem": model_config["small_stem"],
+        "source": str(checkpoint_path(checkpoint)),
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "barlowtwins_version": state.get("version"),
+        "load_with": f"torchvision.models.{model_config['arch']}().load_state_dict(sd, strict=False)"
+        + (" after barlowtwins.model.apply_small_stem(model)" if model_config["small_stem"] else ""),
+    }
+    atomic_save(weights, out)
+    atomic_write_text(json.dumps(info, indent=2) + "\n", Path(out).with_suffix(".json"))
+    return info
+
+
+def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load backbone weights, tolerating only a missing/extra classifier; otherwise name what mismatches."""
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    )
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+                parts.append(f"{label}: {shown}")
+        raise BarlowTwinsError(
+            f"weights in {source} do not fit the architecture ({'; '.join(parts)}); "
+            "check --arch and --small-stem"
+        )
+    backbone.load_state_dict(state_dict)
+
+
+def load_backbone(
+    path: str | Path | None, arch: str | None = None, small_stem: bool | None = None
+) -> tuple[nn.Module, int, dict[str, Any]]:
+    """A backbone from a run directory / checkpoint, or from a plain state_dict file (``arch`` needed).
+
+    ``path=None`` gives the randomly initialised backbone. Returns (backbone, feature_dim, info).
+    """
+    state = None
+    if path is not None:
+        state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        model_config = state["config"]["model"]
+        backbone, dim = build_backbone(model_config["arch"], model_config["small_stem"])
+        load_weights_into(backbone, backbone_state_dict(state["model"]), str(path))
+        return backbone, dim, {"weights": str(path), "epoch": state["epoch"], **model_config}
+    sidecar = Path(path).with_suffix(".json") if path is not None else None
+    if sidecar is not None and sidecar.is_file():
+        saved = json.loads(sidecar.read_text())
+        arch = arch or saved.get("arch")
+        small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
+    if arch is None:
+        raise BarlowTwinsError(f"{path} is a plain state_dict; say which architecture it is with --arch")
+    backbone, dim = build_backbone(arch, bool(small_stem))
+    info = {"weights": str(path) if path else "random init", "arch": arch, "small_stem": bool(small_stem)}
+    if state is not None:
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise BarlowTwinsError(f"{path} holds no state_dict ({type(state).__name__})")
+        load_weights_into(backbone, state, str(path))
+    return backbone, dim, info

@@ -1,0 +1,164 @@
+"""The Barlow Twins objective (paper eq. 1-2, Algorithm 1), in two exact formulations.
+
+    L = sum_i (1 - C_ii)^2  +  lambda * sum_i sum_{j != i} C_ij^2,     C = Za^T Zb / N
+
+with Za, Zb the projector outputs standardised along the batch (mean 0, std 1, no affine).
+
+``cross`` forms the D x D matrix C as Algorithm 1 does: O(N D^2) time, O(D^2) memory.
+``gram`` never forms C. Its diagonal is a column-wise dot product, and its squared Frobenius norm is
+    ||Za^T Zb||_F^2 = sum(Za Za^T o Zb Zb^T)          (o: element-wise product)
+so the off-diagonal sum is ||C||_F^2 - sum_i C_ii^2 at O(N^2 D) time and O(N^2 + N D) memory. Both give
+the same loss and gradients; ``gram`` makes projector widths far beyond the paper's 16,384 affordable.
+
+Under torch.distributed the loss is that of the global batch: z is standardised with global-batch
+statistics, ``cross`` sums the per-process partial C over processes (D^2 numbers of traffic per step),
+``gram`` gathers the standardised z (2 N_global D numbers). All collectives are autograd-aware.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from barlowtwins.distributed import all_gather_cat, all_reduce_sum, is_distributed
+
+DEFAULT_LAMBDA = 0.0051  # official code; the paper rounds it to 5e-3 (§2.2)
+BATCH_NORM_EPS = 1e-5  # the official code standardises with BatchNorm1d(affine=False), whose eps this is
+FORMULATIONS = ("auto", "cross", "gram")
+
+
+class LossTerms(NamedTuple):
+    """The loss, its two terms, and diagnostics that read the same whatever the loss magnitude.
+
+    A healthy run drives ``on_diag_mean`` towards 1 and ``off_diag_rms`` towards 0. ``off_diag_abs_mean``
+    needs C itself, so the ``gram`` formulation leaves it as None. Diagnostics carry no gradient.
+    """
+
+    loss: torch.Tensor
+    invariance: torch.Tensor
+    redundancy: torch.Tensor  # already multiplied by lambda
+    on_diag_mean: torch.Tensor
+    off_diag_rms: torch.Tensor
+    off_diag_abs_mean: torch.Tensor | None
+    formulation: str
+
+
+def choose_formulation(batch_size: int, dim: int) -> str:
+    """The cheaper exact formulation: ``cross`` costs ~2 N D^2 flops, ``gram`` ~4 N^2 D."""
+    return "gram" if dim > 2 * batch_size else "cross"
+
+
+def _global_count(local: int, device: torch.device) -> int:
+    if not is_distributed():
+        return local
+    count = torch.tensor([local], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(count)
+    return int(count.item())
+
+
+def standardize(z: torch.Tensor, count: int, eps: float = BATCH_NORM_EPS) -> torch.Tensor:
+    """Mean 0 and (biased) variance 1 along the batch, with global statistics under torch.distributed.
+
+    Biased variance makes ``Za^T Zb / N`` exactly eq. 2's normalised cross-correlation; ``eps`` matches
+    BatchNorm1d(affine=False) of the official code.
+    """
+    mean = all_reduce_sum(z.sum(dim=0)) / count
+    centered = z - mean
+    var = all_reduce_sum(centered.square().sum(dim=0)) / count
+    return centered * torch.rsqrt(var + eps)
+
+
+def _check_inputs(z_a: torch.Tensor, z_b: torch.Tensor) -> None:
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must both have shape (batch, dim); got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    if z_a.shape[0] < 2:
+        raise ValueError(
+            f"batch size must be at least 2 to normalise along the batch (paper eq. 2); got {z_a.shape[0]}"
+        )
+
+
+def barlow_twins_terms(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    lambd: float = DEFAULT_LAMBDA,
+    formulation: str = "auto",
+    eps: float = BATCH_NORM_EPS,
+) -> LossTerms:
+    """Loss, terms and diagnostics for projector outputs ``z_a``, ``z_b`` of shape (N, D).
+
+    Computed in fp32 even under autocast: the squared sums over D^2 entries overflow or lose all
+    precision in half precision.
+    """
+    _check_inputs(z_a, z_b)
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got '{formulation}'")
+    with torch.autocast(device_type=z_a.device.type, enabled=False):
+        z_a, z_b = z_a.float(), z_b.float()
+        count = _global_count(z_a.shape[0], z_a.device)
+        dim = z_a.shape[1]
+        if formulation == "auto":
+            formulation = choose_formulation(count, dim)
+        za = standardize(z_a, count, eps)
+        zb = standardize(z_b, count, eps)
+        off_diag_abs_mean = None
+        if formulation == "cross":
+            c = all_reduce_sum(za.T @ zb) / count
+            on_diag = torch.diagonal(c)
+            off_diag_sq = c.square().sum() - on_diag.square().sum()
+            with torch.no_grad():
+                off_diag_abs_mean = (c.abs().sum() - on_diag.abs().sum()) / (dim * (dim - 1))
+        else:
+            za, zb = all_gather_cat(za), all_gather_cat(zb)
+            on_diag = (za * zb).sum(dim=0) / count
+            frobenius_sq = ((za @ za.T) * (zb @ zb.T)).sum() / count**2
+            off_diag_sq = frobenius_sq - on_diag.square().sum()
+        invariance = (1 - on_diag).square().sum()
+        redundancy = lambd * off_diag_sq
+        with torch.no_grad():
+            on_diag_mean = on_diag.mean()
+            off_diag_rms = (off_diag_sq.clamp_min(0) / (dim * (dim - 1))).sqrt()
+    return LossTerms(
+        loss=invariance + redundancy,
+        invariance=invariance,
+        redundancy=redundancy,
+        on_diag_mean=on_diag_mean,
+        off_diag_rms=off_diag_rms,
+        off_diag_abs_mean=off_diag_abs_mean,
+        formulation=formulation,
+    )
+
+
+def barlow_twins_loss(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    lambd: float = DEFAULT_LAMBDA,
+    formulation: str = "auto",
+    eps: float = BATCH_NORM_EPS,
+) -> torch.Tensor:
+    """The scalar Barlow Twins loss (eq. 1) of projector outputs ``z_a``, ``z_b`` of shape (N, D)."""
+    return barlow_twins_terms(z_a, z_b, lambd, formulation, eps).loss
+
+
+class BarlowTwinsLoss(nn.Module):
+    """``nn.Module`` form of :func:`barlow_twins_loss`; ``terms()`` also returns the diagnostics."""
+
+    def __init__(self, lambd: float = DEFAULT_LAMBDA, formulation: str = "auto", eps: float = BATCH_NORM_EPS):
+        super().__init__()
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"formulation must be one of {FORMULATIONS}, got '{formulation}'")
+        self.lambd = lambd
+        self.formulation = formulation
+        self.eps = eps
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return self.terms(z_a, z_b).loss
+
+    def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> LossTerms:
+        return barlow_twins_terms(z_a, z_b, self.lambd, self.formulation, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"lambd={self.lambd}, formulation={self.formulation}"
