@@ -37,9 +37,7 @@ def view_transform(
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> T.Compose:
     """One view's pipeline: PIL image in, normalised float tensor (3, image_size, image_size) out."""
-    ops: list[Callable] = [
-        T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)
-    ]
+    ops: list[Callable] = [T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
     if flip_p > 0:
         ops.append(T.RandomHorizontalFlip(p=flip_p))
     if jitter_p > 0 and any(jitter):

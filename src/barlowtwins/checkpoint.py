@@ -54,9 +54,7 @@ def checkpoint_path(path: str | Path) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise BarlowTwinsError(
-            f"no checkpoint at {path}; pass a run directory made by 'barlowtwins pretrain'"
-        )
+        raise BarlowTwinsError(f"no checkpoint at {path}; pass a run directory made by 'barlowtwins pretrain'")
     return path
 
 
@@ -124,8 +122,7 @@ def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], 
                 shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
                 parts.append(f"{label}: {shown}")
         raise BarlowTwinsError(
-            f"weights in {source} do not fit the architecture ({'; '.join(parts)}); "
-            "check --arch and --small-stem"
+            f"weights in {source} do not fit the architecture ({'; '.join(parts)}); check --arch and --small-stem"
         )
     backbone.load_state_dict(state_dict)
 

@@ -16,6 +16,7 @@ PRETRAIN_FLAGS = {
     "data_root": "data.root",
     "download": "data.download",
     "limit": "data.limit",
+    "eval_limit": "data.eval_limit",
     "workers": "data.workers",
     "arch": "model.arch",
     "small_stem": "model.small_stem",
@@ -36,13 +37,12 @@ PRETRAIN_FLAGS = {
 
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="named recipe (imagenet, cifar10, demo) or a YAML file")
-    parser.add_argument(
-        "--data", nargs="+", help="image folder, .tar shards (pattern or paths), or dataset name"
-    )
+    parser.add_argument("--data", nargs="+", help="image folder, .tar shards (pattern or paths), or dataset name")
     parser.add_argument("--eval-data", nargs="+", help="labelled test data: kNN against --data at the end")
     parser.add_argument("--data-root", help="where torchvision datasets are stored")
     parser.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
     parser.add_argument("--limit", type=int, help="use only the first N training samples")
+    parser.add_argument("--eval-limit", type=int, help="use only the first N samples of --eval-data")
     parser.add_argument("--workers", type=int, help="data loading processes (-1: one per core)")
     parser.add_argument("--arch", help="torchvision backbone, e.g. resnet18, resnet50")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
@@ -72,9 +72,7 @@ def _config_from_args(args: argparse.Namespace, recipe: str | None):
     from barlowtwins.config import make_config, override, parse_override
 
     overrides = [
-        override(key, getattr(args, flag))
-        for flag, key in PRETRAIN_FLAGS.items()
-        if getattr(args, flag) is not None
+        override(key, getattr(args, flag)) for flag, key in PRETRAIN_FLAGS.items() if getattr(args, flag) is not None
     ]
     overrides += [parse_override(text) for text in args.set]
     return make_config(recipe, overrides)
@@ -90,9 +88,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return
     if not config.data.train:
-        raise BarlowTwinsError(
-            "no training data; pass --data (an image folder, .tar shards or a dataset name)"
-        )
+        raise BarlowTwinsError("no training data; pass --data (an image folder, .tar shards or a dataset name)")
     pretrain(config)
 
 
@@ -178,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
 
     knn = commands.add_parser("knn", help="weighted kNN accuracy of a backbone (and of its random init)")
-    knn.add_argument(
-        "--checkpoint", required=True, help="run directory, checkpoint, or plain state_dict file"
-    )
+    knn.add_argument("--checkpoint", required=True, help="run directory, checkpoint, or plain state_dict file")
     knn.add_argument("--arch", help="architecture of a plain state_dict")
     knn.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
     knn.add_argument("--train-data", nargs="+", required=True, help="labelled data for the neighbour bank")
@@ -203,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     export.add_argument("--out", required=True, help="output .pth file")
     export.set_defaults(run=_cmd_export)
+    __import__("barlowtwins.evaluate.commands", fromlist=["add_commands"]).add_commands(commands)
     return parser
 
 

@@ -29,6 +29,7 @@ class DataConfig:
     root: str = "data"  # where torchvision's CIFAR/STL sets are (or get downloaded to)
     download: bool = False  # torchvision sets are downloaded only when the user asks
     limit: int = 0  # use only the first N training samples (0: all); for smoke tests and tiny runs
+    eval_limit: int = 0  # use only the first N samples of --eval-data (0: all)
     workers: int = -1  # DataLoader worker processes; -1: one per CPU core, at most 8
     shuffle_buffer: int = 2000  # WebDataset only: samples held for shuffling within a worker
 
@@ -81,9 +82,7 @@ class TrainConfig:
     out: str = "runs/barlowtwins"  # run directory: config, metrics, checkpoints, results
     epochs: int = 1000  # paper §2.2
     batch_size: int = 2048  # global batch, over all processes (paper §2.2)
-    precision: str = (
-        "auto"  # "auto" (bf16 on recent GPUs, fp16 on older ones, fp32 on CPU), "bf16", "fp16", "fp32"
-    )
+    precision: str = "auto"  # "auto" (bf16 on recent GPUs, fp16 on older ones, fp32 on CPU), "bf16", "fp16", "fp32"
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     channels_last: bool = True  # faster convolutions on GPUs and on CPUs alike
     seed: int = 0
@@ -118,6 +117,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.knn_k",
         "train.knn_temperature",
         "data.eval",
+        "data.eval_limit",
         "data.workers",
         "data.root",
         "data.download",
@@ -244,9 +244,7 @@ def parse_override(text: str) -> dict[str, Any]:
     """``optim.lr_weights=0.3`` -> ``{"optim": {"lr_weights": 0.3}}`` (the value is parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise BarlowTwinsError(
-            f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3"
-        )
+        raise BarlowTwinsError(f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3")
     return override(key, yaml.safe_load(raw) if raw.strip() else "")
 
 
@@ -295,9 +293,7 @@ def validate(config: PretrainConfig) -> None:
     if o.optimizer not in {"lars", "sgd", "adamw"}:
         raise BarlowTwinsError(f"optim.optimizer must be lars, sgd or adamw (got '{o.optimizer}')")
     if config.loss.formulation not in {"auto", "cross", "gram"}:
-        raise BarlowTwinsError(
-            f"loss.formulation must be auto, cross or gram (got '{config.loss.formulation}')"
-        )
+        raise BarlowTwinsError(f"loss.formulation must be auto, cross or gram (got '{config.loss.formulation}')")
     if not 0 <= o.final_lr_ratio <= 1:
         raise BarlowTwinsError(f"optim.final_lr_ratio must be in [0, 1] (got {o.final_lr_ratio})")
     if o.warmup_epochs < 0:

@@ -27,7 +27,7 @@ import torchvision
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from barlowtwins import distributed
 from barlowtwins.errors import BarlowTwinsError
@@ -252,9 +252,7 @@ def open_source(
             raise BarlowTwinsError(f"{what}: the shards hold no images ({entries[0]} ...)")
         return ImageSource(f"{len(shards)} WebDataset shards, {total} samples", total, shards=shards)
     if len(entries) > 1:
-        raise BarlowTwinsError(
-            f"{what} takes one folder or dataset name, or shard paths; got {list(entries)}"
-        )
+        raise BarlowTwinsError(f"{what} takes one folder or dataset name, or shard paths; got {list(entries)}")
     entry = entries[0]
     name, _, split = entry.partition(":")
     if name == "digits" and not Path(entry).exists():
@@ -280,8 +278,33 @@ def open_source(
     return ImageSource(f"{description}, {len(dataset)} samples", len(dataset), dataset)
 
 
+class SeededTransformed(Dataset):
+    """Applies a random ``transform`` under a per-sample seed: items are ``(index, seed)`` pairs.
+
+    The augmentations of a sample then depend only on (run seed, epoch, index), not on which worker or
+    process loads it or on what was drawn before, so a resumed run sees exactly the views it would have.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        image, label = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
 class ShardedEpochSampler(torch.utils.data.Sampler):
-    """This process's share of a seeded permutation per epoch, equal across processes, resumable mid-epoch."""
+    """This process's share of a seeded permutation per epoch, equal across processes, resumable mid-epoch.
+
+    Yields ``(index, augmentation seed)`` pairs for :class:`SeededTransformed`.
+    """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool = True):
         self.num_samples = num_samples
@@ -307,8 +330,11 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
         mine = order[self.rank :: self.world][:per_process]
         return mine[self.skip_batches * self.batch_size :]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
+    def sample_seed(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(index, self.sample_seed(index)) for index in self._indices()])
 
     def __len__(self) -> int:
         return len(self._indices())
@@ -355,7 +381,7 @@ def training_batches(
     if source.dataset is not None:
         sampler = ShardedEpochSampler(len(source.dataset), batch_size, seed)
         loader = DataLoader(
-            Transformed(source.dataset, transform),
+            SeededTransformed(source.dataset, transform),
             batch_size=batch_size,
             sampler=sampler,
             drop_last=True,
@@ -365,6 +391,11 @@ def training_batches(
             sampler.set_epoch(epoch, skip_batches if epoch == start_epoch else 0)
             yield from loader
     else:
+        if len(source.shards) < distributed.world_size():  # a process without shards would wait forever
+            raise BarlowTwinsError(
+                f"{len(source.shards)} shards cannot be split over {distributed.world_size()} processes; "
+                "write at least one shard per process (better: several per data-loading worker)"
+            )
         for pass_index in itertools.count():
             order = list(source.shards)
             random.Random(seed + 1000 * start_epoch + skip_batches + pass_index).shuffle(order)
@@ -378,7 +409,7 @@ def training_batches(
                 )
                 .shuffle(shuffle_buffer, seed=seed + pass_index)
                 .map(_DecodeAndTransform(transform))
-                .batched(batch_size, partial=False)
+                .batched(batch_size, collation_fn=default_collate, partial=False)
             )
             yield from DataLoader(pipeline, batch_size=None, **kwargs)
 
@@ -389,14 +420,154 @@ def evaluation_loader(
     """One ordered pass over all samples with a deterministic transform (feature extraction)."""
     kwargs = _loader_kwargs(workers, device)
     if source.dataset is not None:
-        return DataLoader(
-            Transformed(source.dataset, transform), batch_size=batch_size, shuffle=False, **kwargs
-        )
+        return DataLoader(Transformed(source.dataset, transform), batch_size=batch_size, shuffle=False, **kwargs)
     pipeline = (
-        wds.WebDataset(
-            source.shards, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker
-        )
+        wds.WebDataset(source.shards, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
         .map(_DecodeAndTransform(transform))
-        .batched(batch_size, partial=True)
+        .batched(batch_size, collation_fn=default_collate, partial=True)
+    )
+    return DataLoader(pipeline, batch_size=None, **kwargs)
+
+
+# --- Sample ids, label indexes and subsets (evaluation: embed, semi-supervised subsets, multi-label files) ---
+
+
+def shard_index(shard: str) -> list[tuple[str, int]]:
+    """``(key, label or -1)`` of every sample with an image in one local tar shard, in stored order.
+
+    Reads tar headers and the tiny label members only, so no image is decoded.
+    """
+    keys: dict[str, bool] = {}  # key -> has an image, in order of first appearance
+    labels: dict[str, int] = {}
+    try:
+        with tarfile.open(shard, "r:*") as tar:
+            for member in tar:
+                key, extension = _sample_key(member.name)
+                keys[key] = keys.get(key, False) or extension in WDS_IMAGE_KEYS
+                if extension in WDS_LABEL_KEYS and member.isfile():
+                    labels[key] = int(tar.extractfile(member).read().decode().strip())
+    except (tarfile.TarError, OSError, ValueError) as error:
+        raise BarlowTwinsError(f"cannot index shard {shard} ({error}); is it a tar file of samples?") from None
+    return [(key, labels.get(key, -1)) for key, has_image in keys.items() if has_image]
+
+
+def _dataset_labels(dataset: Dataset) -> list[int]:
+    """Labels of a map-style dataset without decoding images where the dataset keeps them apart."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        parent = _dataset_labels(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, (FileImages, ArrayImages)):
+        return [int(label) for label in dataset.labels]
+    if isinstance(dataset, EncodedImages):
+        return [label for _, _, label in dataset.samples]
+    for attribute in ("targets", "labels"):  # torchvision CIFAR / STL-10
+        if hasattr(dataset, attribute):
+            return [int(label) for label in getattr(dataset, attribute)]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def _dataset_ids(dataset: Dataset) -> list[str]:
+    """Sample ids of a map-style dataset: file paths for folders, keys for shard samples, else the index."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        parent = _dataset_ids(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, FileImages):
+        return list(dataset.paths)
+    if isinstance(dataset, EncodedImages):
+        return [where.split(" in ", 1)[0] for where, _, _ in dataset.samples]  # "KEY in URL", the sample's key
+    return [str(i) for i in range(len(dataset))]
+
+
+def sample_index(source: ImageSource) -> tuple[list[str], np.ndarray]:
+    """``(ids, labels)`` of every sample of a source, in the order of a single-process ordered pass.
+
+    Ids name samples in subset and label files: the WebDataset key for shards, the file path for image
+    folders, the position for in-memory sets (digits, torchvision). Labels are -1 where there are none.
+    """
+    if source.dataset is not None:
+        return _dataset_ids(source.dataset), np.asarray(_dataset_labels(source.dataset), dtype=np.int64)
+    pairs = [pair for shard in source.shards for pair in shard_index(shard)]
+    return [key for key, _ in pairs], np.asarray([label for _, label in pairs], dtype=np.int64)
+
+
+def _read_shard_samples(shards: list[str], keys: set[str]) -> list[tuple[str, bytes, int]]:
+    """The encoded image and label of each sample whose key is in ``keys``, in shard order."""
+    images: dict[str, tuple[str, bytes]] = {}
+    labels: dict[str, int] = {}
+    order: list[str] = []
+    for shard in shards:
+        with tarfile.open(shard, "r:*") as tar:
+            for member in tar:
+                key, extension = _sample_key(member.name)
+                if key not in keys or not member.isfile():
+                    continue
+                if extension in WDS_IMAGE_KEYS and key not in images:
+                    images[key] = (f"{key} in {shard}", tar.extractfile(member).read())
+                    order.append(key)
+                elif extension in WDS_LABEL_KEYS:
+                    labels[key] = int(tar.extractfile(member).read().decode().strip())
+    return [(images[key][0], images[key][1], labels.get(key, -1)) for key in order]
+
+
+def select_samples(source: ImageSource, indices: Sequence[int], description: str) -> ImageSource:
+    """A map-style source holding only the samples at ``indices`` (positions in :func:`sample_index`).
+
+    Shard samples are read once into memory as encoded bytes (fine for labelled subsets: 10% of ImageNet
+    is about 14 GB of JPEGs, so use an image folder for that scale).
+    """
+    indices = sorted(set(int(i) for i in indices))
+    if source.dataset is not None:
+        subset = torch.utils.data.Subset(source.dataset, indices)
+        return ImageSource(f"{description}, {len(subset)} samples", len(subset), subset)
+    ids, _ = sample_index(source)
+    wanted = [ids[i] for i in indices]
+    dataset = EncodedImages(_read_shard_samples(source.shards, set(wanted)))
+    return ImageSource(f"{description}, {len(dataset)} samples", len(dataset), dataset)
+
+
+class _WithIds(Dataset):
+    """``(transform(image), label, id)`` of each sample of a map-style dataset."""
+
+    def __init__(self, dataset: Dataset, transform: Callable, ids: Sequence[str]):
+        self.dataset = dataset
+        self.transform = transform
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label, self.ids[index]
+
+
+class _DecodeTransformKey:
+    """WebDataset stage: raw sample -> (transformed image, label, key); a class so workers can pickle it."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, sample: dict):
+        where, encoded, label = _encoded_sample(sample)
+        return self.transform(decode_image(encoded, where)), label, sample["__key__"]
+
+
+def evaluation_loader_with_ids(
+    source: ImageSource, transform: Callable, batch_size: int, workers: int, device: torch.device
+) -> DataLoader:
+    """Like :func:`evaluation_loader`, but batches are ``(images, labels, ids)``.
+
+    With several workers, shard batches arrive interleaved across workers, so callers that need an
+    order must use the ids rather than the position. Workers are capped at the number of shards.
+    """
+    if source.dataset is not None:
+        ids, _ = sample_index(source)
+        kwargs = _loader_kwargs(workers, device)
+        return DataLoader(_WithIds(source.dataset, transform, ids), batch_size=batch_size, shuffle=False, **kwargs)
+    kwargs = _loader_kwargs(min(workers, len(source.shards)), device)
+    pipeline = (
+        wds.WebDataset(source.shards, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
+        .map(_DecodeTransformKey(transform))
+        .batched(batch_size, collation_fn=default_collate, partial=True)
     )
     return DataLoader(pipeline, batch_size=None, **kwargs)

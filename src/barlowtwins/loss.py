@@ -12,7 +12,8 @@ the same loss and gradients; ``gram`` makes projector widths far beyond the pape
 
 Under torch.distributed the loss is that of the global batch: z is standardised with global-batch
 statistics, ``cross`` sums the per-process partial C over processes (D^2 numbers of traffic per step),
-``gram`` gathers the standardised z (2 N_global D numbers). All collectives are autograd-aware.
+``gram`` gathers the standardised z (2 N_global D numbers) and each process computes its rows of the
+N x N products. All collectives are autograd-aware.
 """
 
 from __future__ import annotations
@@ -90,14 +91,15 @@ def barlow_twins_terms(
 ) -> LossTerms:
     """Loss, terms and diagnostics for projector outputs ``z_a``, ``z_b`` of shape (N, D).
 
-    Computed in fp32 even under autocast: the squared sums over D^2 entries overflow or lose all
-    precision in half precision.
+    Computed in fp32 (fp64 for fp64 inputs) even under autocast: the squared sums over D^2 entries
+    overflow or lose all precision in half precision.
     """
     _check_inputs(z_a, z_b)
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation must be one of {FORMULATIONS}, got '{formulation}'")
     with torch.autocast(device_type=z_a.device.type, enabled=False):
-        z_a, z_b = z_a.float(), z_b.float()
+        dtype = torch.promote_types(z_a.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
+        z_a, z_b = z_a.to(dtype), z_b.to(dtype)
         count = _global_count(z_a.shape[0], z_a.device)
         dim = z_a.shape[1]
         if formulation == "auto":
@@ -112,9 +114,11 @@ def barlow_twins_terms(
             with torch.no_grad():
                 off_diag_abs_mean = (c.abs().sum() - on_diag.abs().sum()) / (dim * (dim - 1))
         else:
-            za, zb = all_gather_cat(za), all_gather_cat(zb)
-            on_diag = (za * zb).sum(dim=0) / count
-            frobenius_sq = ((za @ za.T) * (zb @ zb.T)).sum() / count**2
+            # Each process takes its own rows of Za Za^T o Zb Zb^T (N_local x N_global), so the O(N^2 D)
+            # work is split over processes like the partial C of ``cross``; the sums are then all-reduced.
+            za_all, zb_all = all_gather_cat(za), all_gather_cat(zb)
+            on_diag = all_reduce_sum((za * zb).sum(dim=0)) / count
+            frobenius_sq = all_reduce_sum(((za @ za_all.T) * (zb @ zb_all.T)).sum()) / count**2
             off_diag_sq = frobenius_sq - on_diag.square().sum()
         invariance = (1 - on_diag).square().sum()
         redundancy = lambd * off_diag_sq

@@ -29,9 +29,7 @@ class LARS(torch.optim.Optimizer):
         eta: float = 0.001,
         lars_adaptation: bool = True,
     ):
-        defaults = dict(
-            lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars_adaptation=lars_adaptation
-        )
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars_adaptation=lars_adaptation)
         super().__init__(params, defaults)
 
     @torch.no_grad()

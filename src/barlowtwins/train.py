@@ -46,9 +46,7 @@ def select_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BarlowTwinsError(
-            f"device '{name}' asked for, but CUDA is not available; use --device cpu or auto"
-        )
+        raise BarlowTwinsError(f"device '{name}' asked for, but CUDA is not available; use --device cpu or auto")
     return device
 
 
@@ -118,8 +116,7 @@ def pretrain(config: PretrainConfig) -> Path:
     source = open_source(d.train, d.root, d.download, d.limit)
     if source.num_samples < t.batch_size:
         raise BarlowTwinsError(
-            f"batch size {t.batch_size} is larger than the dataset ({source.num_samples} samples); "
-            "lower --batch-size"
+            f"batch size {t.batch_size} is larger than the dataset ({source.num_samples} samples); lower --batch-size"
         )
     steps_per_epoch = source.num_samples // t.batch_size
     total_steps = t.epochs * steps_per_epoch
@@ -127,7 +124,7 @@ def pretrain(config: PretrainConfig) -> Path:
 
     model = build_model(config)
     if distributed.is_distributed():
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = distributed.convert_sync_batchnorm(model, device.type)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     o = config.optim
@@ -142,9 +139,7 @@ def pretrain(config: PretrainConfig) -> Path:
     seed_everything(t.seed + 1000 * distributed.rank() + step)  # augmentations differ per process and resume
     trainer = model
     if distributed.is_distributed():
-        trainer = nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
-        )
+        trainer = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     batches = training_batches(
         source,
@@ -205,9 +200,7 @@ def pretrain(config: PretrainConfig) -> Path:
                     "redundancy": terms.redundancy.item(),
                     "on_diag_mean": terms.on_diag_mean.item(),
                     "off_diag_rms": terms.off_diag_rms.item(),
-                    "off_diag_abs_mean": None
-                    if terms.off_diag_abs_mean is None
-                    else terms.off_diag_abs_mean.item(),
+                    "off_diag_abs_mean": None if terms.off_diag_abs_mean is None else terms.off_diag_abs_mean.item(),
                     "images_per_s": window_steps * t.batch_size / elapsed,
                     "time": time.time(),
                 }
@@ -246,14 +239,16 @@ def pretrain(config: PretrainConfig) -> Path:
             metrics_file.close()
             writer.close()
 
+    # Leave the process group before rank 0 evaluates alone: other ranks waiting at a barrier would time out
+    # (30 min) during a long kNN; in eval mode the synchronised batch norms need no process group.
+    distributed.barrier()
+    distributed.shutdown()
     if main:
         from barlowtwins.plots import plot_metrics
 
         plot_metrics(out / "metrics.jsonl", out / "loss.png")
         if d.eval:
             evaluate_knn_after_pretraining(config, model.backbone, source, device, out)
-    distributed.barrier()
-    distributed.shutdown()
     return out
 
 
@@ -345,7 +340,7 @@ def evaluate_knn_after_pretraining(
 ) -> dict[str, Any]:
     """kNN of the pretrained backbone and of the same backbone at its random initialisation."""
     d, t, a = config.data, config.train, config.augment
-    queries = open_source(d.eval, d.root, d.download, what="--eval-data")
+    queries = open_source(d.eval, d.root, d.download, d.eval_limit, what="--eval-data")
     random_init = build_model(config).backbone
     results = knn_report(
         {"pretrained": backbone, "random_init": random_init},

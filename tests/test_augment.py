@@ -1,0 +1,160 @@
+"""The two views do what the recipe says, checked statistically over many draws (paper §2.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from barlowtwins import eval_transform, two_views, view_transform
+from barlowtwins.config import load_recipe
+
+DRAWS = 2000
+
+
+def half_red_half_blue(size: int = 32) -> Image.Image:
+    array = np.zeros((size, size, 3), dtype=np.uint8)
+    array[:, : size // 2, 0] = 200
+    array[:, size // 2 :, 2] = 200
+    return Image.fromarray(array)
+
+
+def isolated(**switched_on) -> dict:
+    """View arguments with every random operation off except the named ones; crops keep the whole image."""
+    off = dict(
+        crop_scale=(1.0, 1.0),
+        flip_p=0.0,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=0.0,
+        solarize_p=0.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
+    return {**off, **switched_on}
+
+
+def fraction(transform, image, test) -> float:
+    return sum(bool(test(transform(image))) for _ in range(DRAWS)) / DRAWS
+
+
+def assert_rate(observed: float, p: float) -> None:
+    """Within 5 binomial standard deviations (a false alarm about once in 3.5 million runs)."""
+    assert abs(observed - p) <= 5 * (p * (1 - p) / DRAWS) ** 0.5 + 1e-9, (observed, p)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.0])
+def test_flip_probability(p):
+    view = view_transform(32, **isolated(flip_p=p))
+    flipped = fraction(view, half_red_half_blue(), lambda x: x[0, :, 0].mean() < x[2, :, 0].mean())
+    assert_rate(flipped, p)
+
+
+def test_grayscale_probability():
+    view = view_transform(32, **isolated(grayscale_p=0.2))
+    gray = fraction(view, half_red_half_blue(), lambda x: torch.allclose(x[0], x[1]) and torch.allclose(x[1], x[2]))
+    assert_rate(gray, 0.2)
+
+
+@pytest.mark.parametrize("p", [0.2, 1.0])
+def test_solarize_probability(p):
+    bright = Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8))  # above the threshold of 128
+    view = view_transform(16, **isolated(solarize_p=p))
+    solarized = fraction(view, bright, lambda x: (x * 255).round().max() == 55)  # 255 - 200
+    assert_rate(solarized, p)
+
+
+def test_colour_jitter_probability():
+    image = half_red_half_blue()
+    view = view_transform(32, **isolated(jitter_p=0.8))
+    plain = view_transform(32, **isolated())(image)
+    changed = fraction(view, image, lambda x: not torch.equal(x, plain))
+    # A drawn jitter can round back to the same pixels only for factors within ~1/200 of neutral: < 2% of draws.
+    assert 0.8 - 0.02 - 5 * (0.16 / DRAWS) ** 0.5 <= changed <= 0.8 + 5 * (0.16 / DRAWS) ** 0.5
+
+
+class CallCounter:
+    """Wraps a transform and counts how often the pipeline applies it."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return self.inner(image)
+
+
+def find_random_apply(view: T.Compose, kind: type) -> T.RandomApply:
+    return next(t for t in view.transforms if isinstance(t, T.RandomApply) and isinstance(t.transforms[0], kind))
+
+
+@pytest.mark.parametrize(("view_index", "p"), [(0, 1.0), (1, 0.1)])
+def test_blur_probability_per_view(view_index, p):
+    views = two_views(32)
+    view = (views.view_a, views.view_b)[view_index]
+    apply = find_random_apply(view, T.GaussianBlur)
+    counter = CallCounter(apply.transforms[0])
+    apply.transforms[0] = counter
+    image = half_red_half_blue()
+    for _ in range(DRAWS):
+        view(image)
+    assert_rate(counter.calls / DRAWS, p)
+
+
+def test_blur_sigma_range_and_kernel():
+    blur = find_random_apply(two_views(224).view_a, T.GaussianBlur).transforms[0]
+    assert blur.kernel_size == (23, 23)  # BYOL's 23 px at 224 px
+    sigmas = torch.tensor([blur.get_params(*blur.sigma) for _ in range(DRAWS)])
+    assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
+    assert sigmas.min() < 0.2 and sigmas.max() > 1.9  # the whole range is used
+
+
+def test_paper_views_are_asymmetric_only_in_blur_and_solarization():
+    views = two_views(224)
+    kinds_a = [type(t).__name__ for t in views.view_a.transforms]
+    kinds_b = [type(t).__name__ for t in views.view_b.transforms]
+    assert "RandomSolarize" not in kinds_a  # view A: solarization p = 0.0
+    solarize_b = next(t for t in views.view_b.transforms if isinstance(t, T.RandomSolarize))
+    assert solarize_b.p == 0.2 and solarize_b.threshold == 128
+    crop = views.view_a.transforms[0]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.scale == (0.08, 1.0)
+    assert crop.interpolation == T.InterpolationMode.BICUBIC and crop.size == (224, 224)
+    jitter = find_random_apply(views.view_a, T.ColorJitter)
+    assert jitter.p == 0.8
+    cj = jitter.transforms[0]
+    assert (cj.brightness, cj.contrast, cj.saturation, cj.hue) == ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
+    assert [k for k in kinds_a if k != "RandomSolarize"] == [k for k in kinds_b if k != "RandomSolarize"]
+
+
+def test_crop_area_spans_the_scale_range():
+    image = Image.new("RGB", (100, 100))
+    areas = [
+        (lambda box: box[2] * box[3] / 100**2)(T.RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)))
+        for _ in range(DRAWS)
+    ]
+    assert min(areas) >= 0.08 - 0.01 and max(areas) <= 1.0
+    assert np.mean(np.array(areas) < 0.3) > 0.15 and np.mean(np.array(areas) > 0.7) > 0.15
+
+
+def test_cifar_recipe_has_no_blur_and_makes_32px_views():
+    augment = load_recipe("cifar10")["augment"]
+    views = two_views(
+        **{**{"image_size": 224}, **{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}}
+    )
+    for view in (views.view_a, views.view_b):
+        assert not any(
+            isinstance(t, T.RandomApply) and isinstance(t.transforms[0], T.GaussianBlur) for t in view.transforms
+        )
+    y_a, y_b = views(half_red_half_blue(32))
+    assert y_a.shape == y_b.shape == (3, 32, 32)
+
+
+def test_eval_transform_resizes_then_centre_crops():
+    array = np.zeros((300, 400, 3), dtype=np.uint8)
+    array[150, 200] = 255
+    out = eval_transform(224, mean=(0, 0, 0), std=(1, 1, 1))(Image.fromarray(array))
+    assert out.shape == (3, 224, 224)
+    peak = (out[0] == out[0].max()).nonzero().float().mean(0)
+    assert abs(peak[0] - 112) <= 2 and abs(peak[1] - 112) <= 2  # the centre stays the centre

@@ -1,0 +1,99 @@
+"""The whole user path on a few hundred real CIFAR-10 images from the shards:
+pretrain a few steps, resume, kNN, export, reload the backbone into torchvision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from barlowtwins.checkpoint import load_checkpoint
+from barlowtwins.cli import main
+from barlowtwins.model import apply_small_stem
+
+pytestmark = [pytest.mark.slow, pytest.mark.cifar]
+
+
+def test_cifar_pretrain_resume_knn_export_reload(cifar_dir, tmp_path, capsys):
+    train = str(cifar_dir / "cifar10-train-{000000..000009}.tar")
+    test = str(cifar_dir / "cifar10-test-{000000..000001}.tar")
+    out = tmp_path / "c10"
+    common = [
+        "pretrain",
+        "--data",
+        train,
+        "--eval-data",
+        test,
+        "--recipe",
+        "cifar10",
+        "--limit",
+        "384",
+        "--eval-limit",
+        "200",
+        "--batch-size",
+        "128",
+        "--projector",
+        "256-256-256",
+        "--out",
+        str(out),
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.knn_k=[200, 20]",
+    ]
+    assert main([*common, "--epochs", "1"]) == 0
+    assert load_checkpoint(out)["step"] == 3
+    capsys.readouterr()
+    assert main([*common, "--epochs", "2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert load_checkpoint(out)["step"] == 6
+    report = json.loads((out / "knn.json").read_text())
+    assert report["queries"].startswith("first 200 samples")
+    assert report["top1"]["random_init"]["200"] > 10.0  # ten classes: chance is 10%
+
+    assert (
+        main(
+            [
+                "knn",
+                "--checkpoint",
+                str(out),
+                "--train-data",
+                train,
+                "--test-data",
+                test,
+                "--limit",
+                "200",
+                "--k",
+                "20",
+                "--mean",
+                "0.4914",
+                "0.4822",
+                "0.4465",
+                "--std",
+                "0.2470",
+                "0.2435",
+                "0.2616",
+            ]
+        )
+        == 0
+    )
+    assert "kNN top-1 (k=20" in capsys.readouterr().out
+    assert json.loads((out / "knn_eval.json").read_text())["top1"]["pretrained"]["20"] >= 0
+
+    exported = tmp_path / "resnet18.pth"
+    assert main(["export", "--checkpoint", str(out), "--out", str(exported)]) == 0
+    state_dict = torch.load(exported, weights_only=True)
+    model = torchvision.models.resnet18()
+    apply_small_stem(model)
+    result = model.load_state_dict(state_dict, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
+    assert json.loads(exported.with_suffix(".json").read_text())["arch"] == "resnet18"
+
+    from barlowtwins.checkpoint import load_backbone
+
+    ours, _, _ = load_backbone(out)
+    model.fc = torch.nn.Identity()
+    images = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(images), ours.eval()(images))

@@ -1,0 +1,271 @@
+"""Two gloo processes train exactly as one process holding the concatenated batch (issue 4).
+
+The loss of the global batch (paper eq. 1-2, z standardised with global statistics as the official code),
+every parameter's gradient after backward through DistributedDataParallel, the batch-norm running
+statistics and the parameters after one LARS step are compared with a single process given the same
+2 x B samples, for both loss formulations. A control with the plain (non-autograd) all-reduce of the
+official code shows the comparison is sharp enough to see its 1/world_size gradient error. Last, a
+2-process ``torchrun ... pretrain`` run checkpoints, and resumes with 2 and with 1 process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from torch import nn
+from torchvision.transforms.functional import pil_to_tensor
+
+from barlowtwins import distributed, loss
+from barlowtwins.data import open_source, training_batches
+from barlowtwins.loss import barlow_twins_terms
+from barlowtwins.model import BarlowTwins
+from barlowtwins.optim import build_optimizer
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+PER_RANK = 6  # samples per process; the global batch is 12
+IMAGE = 8  # 8 x 8 inputs keep the small-stem ResNet-18 fast
+PROJECTOR = "32-32-64"  # D = 64 > 2N = 24 (auto would pick gram); both forms are run explicitly
+FORMULATIONS = ("cross", "gram")
+# Relative tolerance of the issue. Errors are measured per tensor as ||a - b|| / ||b||: element-wise
+# ratios are meaningless for entries that are near zero by chance. The comparison runs in fp64: in fp32
+# the different summation order of 1 and 2 processes alone leaves ~1e-5 through 20 BN layers, which
+# would blur the line between rounding and a wrong gradient; in fp64 correct code agrees to ~1e-12.
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model() -> nn.Module:
+    """The twin network, with every batch-norm weight and bias randomised.
+
+    ``zero_init_residual`` zeroes the last BN weight of each residual block, which would make the
+    gradients of everything inside the residual branches exactly zero on the first step and leave
+    them (and the synchronised BN backward) untested.
+    """
+    torch.manual_seed(0)
+    model = BarlowTwins("resnet18", PROJECTOR, small_stem=True).double()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator, dtype=torch.float64) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator, dtype=torch.float64) * 0.1)
+    return model
+
+
+def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    shape = (WORLD * PER_RANK, 3, IMAGE, IMAGE)
+    return (
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+        torch.randn(shape, generator=generator, dtype=torch.float64),
+    )
+
+
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    # Official LARS with a large learning rate so a step moves the parameters visibly.
+    return build_optimizer(model, "lars", WORLD * PER_RANK, 25.6, 25.6, 1.5e-6)
+
+
+def _train_step(model: nn.Module, trainer: nn.Module, y_a, y_b, formulation: str) -> dict:
+    """Forward, backward and one LARS step; returns loss, gradients, BN buffers and parameter updates."""
+    optimizer = _optimizer(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    z_a, z_b = trainer(y_a, y_b)
+    terms = barlow_twins_terms(z_a, z_b, formulation=formulation)
+    optimizer.zero_grad()
+    terms.loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    return {
+        "loss": terms.loss.detach(),
+        "grads": grads,
+        "updates": {name: p.detach() - before[name] for name, p in model.named_parameters()},
+        "buffers": {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()},
+    }
+
+
+def _naive_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The official code's ``all_reduce``: the sum in the forward pass, invisible to autograd."""
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return tensor + (total - tensor.detach())
+
+
+SHARDS, PER_SHARD = 4, 3
+
+
+def _write_shards(directory: Path) -> list[str]:
+    """SHARDS WebDataset shards of PER_SHARD tiny PNGs whose label is the sample's number."""
+    paths = []
+    for shard in range(SHARDS):
+        path = directory / f"train-{shard:02d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(shard * PER_SHARD, (shard + 1) * PER_SHARD):
+                png = io.BytesIO()
+                Image.new("RGB", (4, 4), (i, i, i)).save(png, format="PNG")
+                for name, data in ((f"{i:04d}.png", png.getvalue()), (f"{i:04d}.cls", str(i).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(str(path))
+    return paths
+
+
+def _shard_labels_seen(shards: list[str]) -> list[int]:
+    """Labels of the first pass over the shards that this process's training stream reads."""
+    source = open_source(shards)
+    batches = training_batches(source, pil_to_tensor, 1, 0, 0, torch.device("cpu"), shuffle_buffer=1)
+    return [int(next(batches)[1]) for _ in range(SHARDS * PER_SHARD // WORLD)]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        y_a, y_b = _global_batch()
+        mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        results = {}
+        for formulation in FORMULATIONS:
+            model = distributed.convert_sync_batchnorm(_model(), "cpu")
+            trainer = nn.parallel.DistributedDataParallel(model)
+            results[formulation] = _train_step(model, trainer, y_a[mine], y_b[mine], formulation)
+        # Control: the same step with the plain all-reduce of the official code.
+        loss.all_reduce_sum = _naive_all_reduce_sum
+        model = distributed.convert_sync_batchnorm(_model(), "cpu")
+        trainer = nn.parallel.DistributedDataParallel(model)
+        results["naive"] = _train_step(model, trainer, y_a[mine], y_b[mine], "cross")
+        results["shard_labels"] = _shard_labels_seen(sorted(str(p) for p in Path(out_dir).glob("*.tar")))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("ddp")
+    _write_shards(out_dir)
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def one_process_results() -> dict:
+    y_a, y_b = _global_batch()
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fp64 convolutions slow down ~10x when threads compete for 2 busy cores
+    try:
+        for formulation in FORMULATIONS:
+            model = _model()
+            results[formulation] = _train_step(model, model, y_a, y_b, formulation)
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_loss_is_that_of_the_global_batch(formulation, two_process_results, one_process_results):
+    expected = one_process_results[formulation]["loss"]
+    for rank_results in two_process_results:
+        assert _relative_error(rank_results[formulation]["loss"], expected) < RTOL
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("quantity", ["grads", "updates", "buffers"])
+def test_every_tensor_equals_single_process(formulation, quantity, two_process_results, one_process_results):
+    """Gradients after backward, parameter updates of one LARS step, BN running statistics."""
+    expected = one_process_results[formulation][quantity]
+    reference = _model()
+    names = dict(reference.named_buffers()) if quantity == "buffers" else dict(reference.named_parameters())
+    assert set(expected) == {name for name, t in names.items() if t.is_floating_point()}  # all of them
+    for rank_results in two_process_results:
+        actual = rank_results[formulation][quantity]
+        assert actual.keys() == expected.keys()
+        errors = {name: _relative_error(actual[name], expected[name]) for name in expected}
+        assert all(expected[name].norm() > 0 for name in expected)  # no vacuous comparison
+        worst = max(errors, key=errors.get)
+        assert errors[worst] < RTOL, f"{quantity} of {worst} differ by {errors[worst]:.2e} (relative)"
+
+
+def test_plain_all_reduce_would_lose_a_factor_of_world_size(two_process_results, one_process_results):
+    """The control run with the official code's plain all-reduce: same loss, gradients ~1/world_size."""
+    naive, expected = two_process_results[0]["naive"], one_process_results["cross"]
+    assert _relative_error(naive["loss"], expected["loss"]) < RTOL
+    ratios = [naive["grads"][n].norm() / expected["grads"][n].norm() for n in expected["grads"]]
+    median_ratio = torch.stack(ratios).median().item()
+    assert abs(median_ratio - 1 / WORLD) < 0.1, median_ratio
+
+
+def test_each_process_reads_its_own_shards(two_process_results):
+    """WebDataset shards are split by process: one pass over them reads every sample exactly once."""
+    seen = [rank_results["shard_labels"] for rank_results in two_process_results]
+    assert all(len(labels) == SHARDS * PER_SHARD // WORLD for labels in seen)
+    assert sorted(seen[0] + seen[1]) == list(range(SHARDS * PER_SHARD))
+    shards_of = [{label // PER_SHARD for label in labels} for labels in seen]
+    assert len(shards_of[0]) == len(shards_of[1]) == SHARDS // WORLD  # whole shards per process
+
+
+def _pretrain(nproc: int, out: Path, epochs: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=nproc -m barlowtwins pretrain ...`` (plain ``python -m`` for one process)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    command = [
+        sys.executable, *launcher,
+        "-m", "barlowtwins", "pretrain", "--recipe", "demo", "--data", "digits", "--eval-data", "digits:test",
+        "--limit", "256", "--eval-limit", "64", "--batch-size", "64", "--projector", "64-64-128",
+        "--epochs", str(epochs), "--out", str(out), "--set", "data.workers=0", "--set", "train.log_every=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _logged_steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    first = _pretrain(WORLD, out, epochs=1)  # 256 samples / batch 64: 4 steps per epoch
+    assert first.stdout.count("pretraining resnet18") == 1  # only rank 0 prints
+    assert "over 2 process(es)" in first.stdout
+    assert _logged_steps(out) == [1, 2, 3, 4]  # one line per step: only rank 0 writes metrics
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert (out / "knn.json").is_file() and (out / "loss.png").is_file()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["epoch"] == 1
+    assert not any(key.startswith("module.") for key in state["model"])  # the bare model, not the DDP wrapper
+
+    second = _pretrain(WORLD, out, epochs=2)
+    assert second.stdout.count("resuming") == 1 and "from epoch 1, step 4" in second.stdout
+    assert _logged_steps(out) == list(range(1, 9))
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 8
+
+    third = _pretrain(1, out, epochs=3)  # a different number of processes
+    assert "from epoch 2, step 8" in third.stdout and "over 1 process(es)" in third.stdout
+    assert _logged_steps(out) == list(range(1, 13))
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 12

@@ -1,0 +1,108 @@
+"""LARS checked by hand, 1-D parameter exclusion, and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from barlowtwins import LARS, BarlowTwins, build_optimizer, lr_factor, param_groups
+from barlowtwins.optim import set_learning_rate
+
+
+def test_one_lars_step_by_hand():
+    p = torch.tensor([[3.0, 4.0]], requires_grad=True)  # ||p|| = 5
+    p.grad = torch.tensor([[1.0, 0.0]])
+    lr, wd, eta = 0.5, 0.1, 0.001
+    LARS([p], lr=lr, weight_decay=wd, momentum=0.9, eta=eta).step()
+    update = torch.tensor([[1.0 + 0.1 * 3.0, 0.1 * 4.0]])  # grad + wd * p = [1.3, 0.4]
+    trust = eta * 5.0 / math.sqrt(1.3**2 + 0.4**2)
+    expected = torch.tensor([[3.0, 4.0]]) - lr * trust * update
+    torch.testing.assert_close(p.detach(), expected)
+
+
+def test_lars_momentum_accumulates_adapted_updates():
+    p = torch.tensor([[1.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    opt = LARS([p], lr=1.0, weight_decay=0.0, momentum=0.9, eta=0.1)
+    p.grad = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    opt.step()  # trust = 0.1 * 1 / 2 = 0.05; m = [0, 0.1]
+    first = p.detach().clone()
+    torch.testing.assert_close(first, torch.tensor([[1.0, -0.1], [0.0, 0.0]]))
+    p.grad = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    opt.step()  # trust = 0.1 * ||p|| / 2; m = 0.9 * 0.1 + trust * 2
+    trust = 0.1 * first.norm().item() / 2.0
+    expected_m = 0.9 * 0.1 + trust * 2.0
+    torch.testing.assert_close(p.detach(), first - torch.tensor([[0.0, expected_m], [0.0, 0.0]]))
+
+
+def test_excluded_group_is_plain_momentum_sgd_without_weight_decay():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    opt = build_optimizer(model, "lars", batch_size=256, lr_weights=0.2, lr_biases=0.01, weight_decay=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for name in ("0.bias", "1.weight", "1.bias"):
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), before[name] - 0.01)
+    weight = dict(model.named_parameters())["0.weight"].detach()
+    update = 1 + 0.5 * before["0.weight"]
+    trust = 0.001 * before["0.weight"].norm() / update.norm()
+    torch.testing.assert_close(weight, before["0.weight"] - 0.2 * trust * update)
+
+
+def test_zero_norm_parameter_takes_an_unadapted_step():
+    p = torch.zeros(2, 2, requires_grad=True)
+    p.grad = torch.ones(2, 2)
+    LARS([p], lr=0.1, momentum=0.0).step()
+    torch.testing.assert_close(p.detach(), torch.full((2, 2), -0.1))
+
+
+def test_param_groups_split_one_d_parameters_exactly_once():
+    model = BarlowTwins("resnet18", "64-64-32", small_stem=True)
+    groups = param_groups(model, lr_weights=0.2, lr_biases=0.0048, weight_decay=1.5e-6)
+    weights, one_d = groups[0]["params"], groups[1]["params"]
+    assert len(weights) + len(one_d) == len(list(model.parameters()))
+    assert {id(p) for p in weights}.isdisjoint({id(p) for p in one_d})
+    bn_and_bias = [p for n, p in model.named_parameters() if "bn" in n or "bias" in n or "projector.1" in n]
+    assert {id(p) for p in bn_and_bias} <= {id(p) for p in one_d}
+    assert all(p.ndim > 1 for p in weights) and all(p.ndim == 1 for p in one_d)
+    assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 1.5e-6
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_learning_rates_scale_with_batch_size(name):
+    model = nn.Linear(3, 3)
+    opt = build_optimizer(model, name, batch_size=2048, lr_weights=0.2, lr_biases=0.0048, weight_decay=1e-6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 8)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.0048 * 8)
+    set_learning_rate(opt, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.8) and opt.param_groups[1]["lr"] == pytest.approx(0.0192)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    total, warmup, final = 1000, 100, 0.01
+    assert lr_factor(0, total, warmup, final) == 0.0
+    assert lr_factor(50, total, warmup, final) == pytest.approx(0.5)
+    assert lr_factor(100, total, warmup, final) == pytest.approx(1.0)
+    assert lr_factor(550, total, warmup, final) == pytest.approx(final + (1 - final) * 0.5)  # cosine midpoint
+    assert lr_factor(1000, total, warmup, final) == pytest.approx(final)
+    after_warmup = [lr_factor(s, total, warmup, final) for s in range(100, 1001)]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+
+
+def test_schedule_matches_the_official_code():
+    """facebookresearch/barlowtwins main.py adjust_learning_rate, with its 0.001 end ratio."""
+    total, warmup, base = 500, 50, 1.6
+    for step in (0, 10, 49, 50, 51, 200, 499):
+        if step < warmup:
+            official = base * step / warmup
+        else:
+            q = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            official = base * q + base * 0.001 * (1 - q)
+        assert base * lr_factor(step, total, warmup, 0.001) == pytest.approx(official)
+
+
+def test_schedule_without_warmup_starts_at_peak():
+    assert lr_factor(0, 10, 0, 0.0) == 1.0
