@@ -27,6 +27,21 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left behind
 
 
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from barlowtwins.checkpoint import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text("x", tmp_path / "config.yaml")
+        atomic_save({"a": 1}, tmp_path / "checkpoint.pt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+
+
 def test_plain_torchvision_state_dict_loads_and_mismatches_are_listed(tmp_path):
     supervised = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from barlowtwins.checkpoint import load_checkpoint
+from barlowtwins.checkpoint import load_backbone, load_checkpoint
 from barlowtwins.cli import main
 from barlowtwins.model import apply_small_stem
 
@@ -20,67 +20,27 @@ def test_cifar_pretrain_resume_knn_export_reload(cifar_dir, tmp_path, capsys):
     train = str(cifar_dir / "cifar10-train-{000000..000009}.tar")
     test = str(cifar_dir / "cifar10-test-{000000..000001}.tar")
     out = tmp_path / "c10"
-    common = [
-        "pretrain",
-        "--data",
-        train,
-        "--eval-data",
-        test,
-        "--recipe",
-        "cifar10",
-        "--limit",
-        "384",
-        "--eval-limit",
-        "200",
-        "--batch-size",
-        "128",
-        "--projector",
-        "256-256-256",
-        "--out",
-        str(out),
-        "--set",
-        "train.log_every=1",
-        "--set",
-        "train.knn_k=[200, 20]",
-    ]
-    assert main([*common, "--epochs", "1"]) == 0
+    pretrain = (
+        f"pretrain --data {train} --eval-data {test} --recipe cifar10 --limit 384 --eval-limit 384 --batch-size 128 "
+        f"--projector 256-256-256 --out {out} --set train.log_every=1 --set train.knn_k=[200,20]"
+    ).split()
+    assert main([*pretrain, "--epochs", "1"]) == 0
     assert load_checkpoint(out)["step"] == 3
     capsys.readouterr()
-    assert main([*common, "--epochs", "2"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert main([*pretrain, "--epochs", "2"]) == 0
+    assert f"resuming {out} from epoch 1, step 3" in capsys.readouterr().out
     assert load_checkpoint(out)["step"] == 6
     report = json.loads((out / "knn.json").read_text())
-    assert report["queries"].startswith("first 200 samples")
+    assert report["queries"].startswith("first 384 samples") and report["bank"].startswith("first 384 samples")
     assert report["top1"]["random_init"]["200"] > 10.0  # ten classes: chance is 10%
 
-    assert (
-        main(
-            [
-                "knn",
-                "--checkpoint",
-                str(out),
-                "--train-data",
-                train,
-                "--test-data",
-                test,
-                "--limit",
-                "200",
-                "--k",
-                "20",
-                "--mean",
-                "0.4914",
-                "0.4822",
-                "0.4465",
-                "--std",
-                "0.2470",
-                "0.2435",
-                "0.2616",
-            ]
-        )
-        == 0
-    )
+    knn = f"knn --checkpoint {out} --train-data {train} --test-data {test} --limit 384 --k 20".split()
+    assert main(knn) == 0
     assert "kNN top-1 (k=20" in capsys.readouterr().out
-    assert json.loads((out / "knn_eval.json").read_text())["top1"]["pretrained"]["20"] >= 0
+    knn_eval = json.loads((out / "knn_eval.json").read_text())
+    assert knn_eval["image_size"] == 32  # taken from the checkpoint's pretraining config
+    for backbone in ("pretrained", "random_init"):  # same bank, queries, weights and initial weights
+        assert knn_eval["top1"][backbone]["20"] == pytest.approx(report["top1"][backbone]["20"], abs=0.01)
 
     exported = tmp_path / "resnet18.pth"
     assert main(["export", "--checkpoint", str(out), "--out", str(exported)]) == 0
@@ -90,8 +50,6 @@ def test_cifar_pretrain_resume_knn_export_reload(cifar_dir, tmp_path, capsys):
     result = model.load_state_dict(state_dict, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
     assert json.loads(exported.with_suffix(".json").read_text())["arch"] == "resnet18"
-
-    from barlowtwins.checkpoint import load_backbone
 
     ours, _, _ = load_backbone(out)
     model.fc = torch.nn.Identity()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -23,29 +24,33 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "barlowtwins-checkpoint/1"
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that readers see either the old file or the complete new one."""
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through ``write(handle)`` to a temporary file beside ``path``, flush it to disk, rename it over
+    ``path``: readers see either the old file or the complete new one, never a partial write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -132,7 +137,9 @@ def load_backbone(
 ) -> tuple[nn.Module, int, dict[str, Any]]:
     """A backbone from a run directory / checkpoint, or from a plain state_dict file (``arch`` needed).
 
-    ``path=None`` gives the randomly initialised backbone. Returns (backbone, feature_dim, info).
+    ``path=None`` gives the randomly initialised backbone. Returns (backbone, feature_dim, info); for a
+    barlowtwins checkpoint ``info["images"]`` holds the pretraining image size and normalisation and
+    ``info["seed"]`` the seed its weights were initialised from.
     """
     state = None
     if path is not None:
@@ -141,7 +148,10 @@ def load_backbone(
         model_config = state["config"]["model"]
         backbone, dim = build_backbone(model_config["arch"], model_config["small_stem"])
         load_weights_into(backbone, backbone_state_dict(state["model"]), str(path))
-        return backbone, dim, {"weights": str(path), "epoch": state["epoch"], **model_config}
+        augment = state["config"]["augment"]
+        images = {"image_size": augment["image_size"], "mean": augment["mean"], "std": augment["std"]}
+        info = {"weights": str(path), "epoch": state["epoch"], "seed": state["config"]["train"]["seed"]}
+        return backbone, dim, {**info, **model_config, "images": images}
     sidecar = Path(path).with_suffix(".json") if path is not None else None
     if sidecar is not None and sidecar.is_file():
         saved = json.loads(sidecar.read_text())

@@ -107,22 +107,29 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_knn(args: argparse.Namespace) -> None:
+    import torch
+
+    from barlowtwins.augment import IMAGENET_MEAN, IMAGENET_STD
     from barlowtwins.checkpoint import load_backbone
     from barlowtwins.data import open_source, resolve_workers
     from barlowtwins.train import knn_report, select_device
 
     backbone, _, info = load_backbone(args.checkpoint, args.arch, args.small_stem)
+    torch.manual_seed(info.get("seed", 0))  # a barlowtwins run's own initial weights (see train.build_model)
     random_init, _, _ = load_backbone(None, info["arch"], info["small_stem"])
     bank = open_source(args.train_data, args.data_root, args.download, args.limit, what="--train-data")
     queries = open_source(args.test_data, args.data_root, args.download, args.limit, what="--test-data")
-    image_size = args.image_size or (32 if info["small_stem"] else 224)
+    saved = info.get("images", {})  # the pretraining image size and normalisation, for our checkpoints
+    image_size = args.image_size or saved.get("image_size") or (32 if info["small_stem"] else 224)
+    mean = tuple(args.mean or saved.get("mean") or IMAGENET_MEAN)
+    std = tuple(args.std or saved.get("std") or IMAGENET_STD)
     results = knn_report(
         {"pretrained": backbone, "random_init": random_init},
         bank,
         queries,
         image_size,
-        tuple(args.mean),
-        tuple(args.std),
+        mean,
+        std,
         tuple(args.k),
         args.temperature,
         select_device(args.device),
@@ -182,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--k", type=int, nargs="+", default=[200, 20])
     knn.add_argument("--temperature", type=float, default=0.1)
     knn.add_argument("--image-size", type=int, help="default: 32 with a small stem, else 224")
-    knn.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406])
-    knn.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225])
+    knn.add_argument("--mean", type=float, nargs=3, help="default: the pretraining normalisation, else ImageNet's")
+    knn.add_argument("--std", type=float, nargs=3, help="default: the pretraining normalisation, else ImageNet's")
     knn.add_argument("--batch-size", type=int, default=256)
     knn.add_argument("--limit", type=int, default=0, help="use only the first N samples of each set")
     knn.add_argument("--data-root", default="data")
