@@ -43,7 +43,7 @@ FORMULATIONS = ("cross", "gram")
 # Relative tolerance of the issue. Errors are measured per tensor as ||a - b|| / ||b||: element-wise
 # ratios are meaningless for entries that are near zero by chance. The comparison runs in fp64: in fp32
 # the different summation order of 1 and 2 processes alone leaves ~1e-5 through 20 BN layers, which
-# would blur the line between rounding and a wrong gradient; in fp64 correct code agrees to ~1e-12.
+# would blur the line between rounding and a wrong gradient; in fp64 correct code agrees to ~1e-13.
 RTOL = 1e-5
 
 

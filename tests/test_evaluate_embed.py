@@ -20,7 +20,7 @@ from barlowtwins.model import BarlowTwins, build_backbone
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A run directory as ``barlowtwins pretrain`` leaves it: demo recipe (16 px, small stem), projector 32-32.
+    """A run directory as ``barlowtwins pretrain`` leaves it: demo recipe at 16 px, small stem, projector 32-32.
 
     Saved by the training loop's own writer after a few train-mode passes, so batch-norm statistics are not
     the initial ones (pretraining itself is tested elsewhere and takes far longer).
@@ -29,7 +29,12 @@ def tiny_run(tmp_path_factory):
     from barlowtwins.train import _save, build_model
 
     out = tmp_path_factory.mktemp("run")
-    config = make_config("demo", [override("model.projector", "32-32")])
+    sizes = [
+        override("augment.image_size", 16),
+        override("augment.mean", [0.5] * 3),
+        override("augment.std", [0.5] * 3),
+    ]
+    config = make_config("demo", [override("model.projector", "32-32"), *sizes])
     model = build_model(config).train()
     transform = eval_transform(16, (0.5,) * 3, (0.5,) * 3)
     data = digits("train")
@@ -57,7 +62,7 @@ def test_embed_writes_backbone_and_projector_outputs_equal_to_a_direct_forward_p
     model = BarlowTwins("resnet18", "32-32", small_stem=True)
     model.load_state_dict(state["model"])
     model.eval()
-    transform = eval_transform(16, (0.5,) * 3, (0.5,) * 3)  # the demo recipe's size and normalisation
+    transform = eval_transform(16, (0.5,) * 3, (0.5,) * 3)  # the run's size and normalisation
     test = digits("test")
     images = torch.stack([transform(test[i][0]) for i in range(40)])
     with torch.no_grad():

@@ -71,15 +71,17 @@ def run_metadata() -> dict[str, Any]:
         version = metadata.version("barlowtwins")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"  # uncommitted changes: config.yaml, not the commit, says what ran
     return {
         "barlowtwins_version": version,
         "git_commit": commit or None,
