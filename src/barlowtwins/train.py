@@ -71,6 +71,7 @@ def run_metadata() -> dict[str, Any]:
         version = metadata.version("barlowtwins")
     except metadata.PackageNotFoundError:
         version = "unknown"
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(
