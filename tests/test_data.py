@@ -112,6 +112,12 @@ def test_evaluation_loader_reads_every_shard_sample_once_with_labels(tmp_path):
     assert all(label == value % 3 for value, label in zip(values, labels))
 
 
+def test_evaluation_loader_with_more_workers_than_shards(tmp_path):
+    source = open_source(write_shards(tmp_path, [5]))
+    loader = evaluation_loader(source, lambda im: 0, 2, workers=3, device=CPU)
+    assert sum(len(targets) for _, targets in loader) == 5
+
+
 def test_unlabelled_shards_get_minus_one(tmp_path):
     source = open_source(write_shards(tmp_path, [3], with_labels=False))
     loader = evaluation_loader(source, lambda im: 0, 8, workers=0, device=CPU)

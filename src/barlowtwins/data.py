@@ -418,9 +418,10 @@ def evaluation_loader(
     source: ImageSource, transform: Callable, batch_size: int, workers: int, device: torch.device
 ) -> DataLoader:
     """One ordered pass over all samples with a deterministic transform (feature extraction)."""
-    kwargs = _loader_kwargs(workers, device)
     if source.dataset is not None:
+        kwargs = _loader_kwargs(workers, device)
         return DataLoader(Transformed(source.dataset, transform), batch_size=batch_size, shuffle=False, **kwargs)
+    kwargs = _loader_kwargs(min(workers, len(source.shards)), device)  # a worker without a shard: WebDataset fails
     pipeline = (
         wds.WebDataset(source.shards, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker)
         .map(_DecodeAndTransform(transform))

@@ -159,10 +159,11 @@ def _backbones(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.nn.Modul
     models = {"pretrained": (backbone, dim)}
     described = {"pretrained": info}
     if getattr(args, "random_init", False):
-        torch.manual_seed(args.seed)
+        seed = info.get("seed", args.seed)  # a barlowtwins run's own initial weights (see train.build_model)
+        torch.manual_seed(seed)
         random_init, dim0, info0 = load_backbone(None, info["arch"], info["small_stem"])
         models["random_init"] = (random_init, dim0)
-        described["random_init"] = {**info0, "seed": args.seed}
+        described["random_init"] = {**info0, "seed": seed}
     if getattr(args, "baseline_weights", None):
         baseline, dim1, info1 = load_backbone(args.baseline_weights, info["arch"], info["small_stem"])
         models["baseline"] = (baseline, dim1)
@@ -435,6 +436,9 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
             )
             results[name]["svm"] = r
             log(f"{name}: SVM mAP {r['mAP']:.2f}" + (f"  top-1 {r['top1']:.2f}%" if "top1" in r else ""))
+            edge = sum(c in (min(args.svm_costs), max(args.svm_costs)) for c in r["C"])
+            if edge:
+                log(f"{name}: note: C is at an end of --svm-costs for {edge} of {len(r['C'])} classes; widen the grid")
     report = {
         "protocol": "transfer by linear evaluation (appendix C.1)",
         "mode": "frozen features extracted once (resize + centre crop, no augmentation)",
