@@ -14,8 +14,9 @@ The pieces are pure functions on tensors so that :mod:`barlowtwins.evaluate.tran
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,32 @@ def train_on_features(
     return classifier.eval(), history
 
 
+def cross_entropy_epoch(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    what: str,
+) -> tuple[float, float]:
+    """One pass of SGD on the cross-entropy of ``model(images)``; returns (mean loss, train top-1 %).
+
+    Shared by the linear probe with augmentation (B.1) and semi-supervised fine-tuning (B.2).
+    """
+    total, correct, seen = 0.0, 0, 0
+    for images, targets in batches:
+        images, targets = images.to(device, memory_format=MEMORY_FORMAT), torch.as_tensor(targets).to(device)
+        check_labels(targets, what)
+        logits = model(images)
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(targets)
+    return total / seen, 100.0 * correct / seen
+
+
 def train_augmented(
     backbone: nn.Module,
     feature_dim: int,
@@ -181,27 +208,16 @@ def train_augmented(
     for epoch in range(epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(epoch, epochs)
-        total, correct, seen = 0.0, 0, 0
-        for _ in range(steps_per_epoch):
-            images, targets = next(batches)
-            images, targets = images.to(device, memory_format=MEMORY_FORMAT), torch.as_tensor(targets).to(device)
-            check_labels(targets, "the training data")
+
+        def frozen_then_linear(images: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 features = backbone(images)
-            logits = classifier(features)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            seen += len(targets)
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "loss": total / seen,
-            "train_top1": 100.0 * correct / seen,
-        }
+            return classifier(features)
+
+        loss, top1 = cross_entropy_epoch(
+            frozen_then_linear, itertools.islice(batches, steps_per_epoch), optimizer, device, "the training data"
+        )
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss, "train_top1": top1}
         history.append(record)
         if log is not None:
             log(record)

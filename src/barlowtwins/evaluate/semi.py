@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,6 +22,7 @@ from barlowtwins.evaluate.linear import (
     MEMORY_FORMAT,
     RESIZE_RATIO,
     check_labels,
+    cross_entropy_epoch,
     frozen_features,
     new_classifier,
     topk_accuracy,
@@ -100,23 +100,13 @@ def finetune(
         factor = step_factor(epoch, milestones, gamma)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        total, correct, seen = 0.0, 0, 0
-        for images, targets in loader:
-            images, targets = images.to(device, memory_format=MEMORY_FORMAT), targets.to(device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            seen += len(targets)
+        loss, top1 = cross_entropy_epoch(model, loader, optimizer, device, "the labelled subset")
         record = {
             "epoch": epoch + 1,
             "lr_backbone": optimizer.param_groups[0]["lr"],
             "lr_classifier": optimizer.param_groups[1]["lr"],
-            "loss": total / seen,
-            "train_top1": 100.0 * correct / seen,
+            "loss": loss,
+            "train_top1": top1,
         }
         history.append(record)
         if log is not None:
