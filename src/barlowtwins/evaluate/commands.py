@@ -130,19 +130,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 # --- shared steps ---
 
 
-def _pretraining_augment(path: str) -> dict[str, Any]:
-    """The augmentation config a ``barlowtwins`` checkpoint was pretrained with ({} for other files)."""
-    from barlowtwins.checkpoint import FORMAT, checkpoint_path, load_file
-
-    state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
-    if isinstance(state, dict) and state.get("format") == FORMAT:
-        return state["config"].get("augment", {})
-    return {}
-
-
 def _image_settings(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
     """Image size and normalisation: flags, else the checkpoint's pretraining values, else by stem."""
-    saved = _pretraining_augment(args.checkpoint) if (args.image_size is None or args.mean is None) else {}
+    saved = info.get("images", {})  # load_backbone's record of a barlowtwins checkpoint's pretraining values
     return {
         "image_size": args.image_size or saved.get("image_size") or (32 if info["small_stem"] else 224),
         "mean": list(args.mean or saved.get("mean") or IMAGENET_MEAN),
