@@ -27,12 +27,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from barlowtwins.loss import DEFAULT_LAMBDA, barlow_twins_loss, choose_formulation
+from barlowtwins.config import LossConfig
+from barlowtwins.losses.barlow_twins import barlow_twins_loss, choose_formulation
 
 GB = 1024**3
 
 
-def algorithm_1(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = DEFAULT_LAMBDA) -> torch.Tensor:
+def algorithm_1(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = LossConfig.lambd) -> torch.Tensor:
     """Paper Algorithm 1 / the official ``BarlowTwins.forward`` loss: forms the D x D matrix C."""
     c = F.batch_norm(z_a, None, None, training=True).T @ F.batch_norm(z_b, None, None, training=True)
     c = c / z_a.shape[0]

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from barlowtwins import eval_transform, two_views, view_transform
-from barlowtwins.config import load_recipe
+from barlowtwins.recipes import load_recipe
 
 DRAWS = 2000
 

@@ -8,7 +8,7 @@ import torchvision
 
 from barlowtwins import BarlowTwinsError, load_backbone
 from barlowtwins.checkpoint import atomic_save, load_weights_into
-from barlowtwins.model import build_backbone
+from barlowtwins.models.backbones import build_backbone
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -63,8 +63,8 @@ def test_plain_torchvision_state_dict_loads_and_mismatches_are_listed(tmp_path):
 
 
 def test_dataparallel_prefixes_are_accepted():
-    reference, _ = build_backbone("resnet18")
+    reference, _, _ = build_backbone("resnet18")
     state = {f"module.{k}": v for k, v in reference.state_dict().items()}
-    target, _ = build_backbone("resnet18")
+    target, _, _ = build_backbone("resnet18")
     load_weights_into(target, state, "test")
     torch.testing.assert_close(target.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)

@@ -11,7 +11,7 @@ import torchvision
 
 from barlowtwins.checkpoint import load_backbone, load_checkpoint
 from barlowtwins.cli import main
-from barlowtwins.model import apply_small_stem
+from barlowtwins.models.backbones import apply_small_stem
 
 pytestmark = [pytest.mark.slow, pytest.mark.cifar]
 
@@ -22,7 +22,7 @@ def test_cifar_pretrain_resume_knn_export_reload(cifar_dir, tmp_path, capsys):
     out = tmp_path / "c10"
     pretrain = (
         f"pretrain --data {train} --eval-data {test} --recipe cifar10 --limit 384 --eval-limit 384 --batch-size 128 "
-        f"--projector 256-256-256 --out {out} --set train.log_every=1 --set train.knn_k=[200,20]"
+        f"--projector 256-256-256 --out {out} --set train.log_every=1 --set knn.k=[200,20]"
     ).split()
     assert main([*pretrain, "--epochs", "1"]) == 0
     assert load_checkpoint(out)["step"] == 3
@@ -30,17 +30,20 @@ def test_cifar_pretrain_resume_knn_export_reload(cifar_dir, tmp_path, capsys):
     assert main([*pretrain, "--epochs", "2"]) == 0
     assert f"resuming {out} from epoch 1, step 3" in capsys.readouterr().out
     assert load_checkpoint(out)["step"] == 6
-    report = json.loads((out / "knn.json").read_text())
-    assert report["queries"].startswith("first 384 samples") and report["bank"].startswith("first 384 samples")
-    assert report["top1"]["random_init"]["200"] > 10.0  # ten classes: chance is 10%
+    report = json.loads((out / "eval" / "knn.json").read_text())
+    assert report["test_data"].startswith("first 384 samples") and report["train_data"].startswith("first 384")
+    assert report["results"]["random_init"]["top1"]["200"] > 10.0  # ten classes: chance is 10%
 
-    knn = f"knn --checkpoint {out} --train-data {train} --test-data {test} --limit 384 --k 20".split()
+    knn = (
+        f"knn --checkpoint {out} --train-data {train} --test-data {test} --limit 384 --k 20 --out {out}/k.json".split()
+    )
     assert main(knn) == 0
     assert "kNN top-1 (k=20" in capsys.readouterr().out
-    knn_eval = json.loads((out / "knn_eval.json").read_text())
-    assert knn_eval["image_size"] == 32  # taken from the checkpoint's pretraining config
+    knn_eval = json.loads((out / "k.json").read_text())
+    assert knn_eval["hyperparameters"]["image_size"] == 32  # taken from the checkpoint's pretraining config
     for backbone in ("pretrained", "random_init"):  # same bank, queries, weights and initial weights
-        assert knn_eval["top1"][backbone]["20"] == pytest.approx(report["top1"][backbone]["20"], abs=0.01)
+        ours, theirs = knn_eval["results"][backbone]["top1"]["20"], report["results"][backbone]["top1"]["20"]
+        assert ours == pytest.approx(theirs, abs=0.01)
 
     exported = tmp_path / "resnet18.pth"
     assert main(["export", "--checkpoint", str(out), "--out", str(exported)]) == 0

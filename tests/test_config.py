@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from barlowtwins import BarlowTwinsError, PretrainConfig, make_config
-from barlowtwins.config import config_from_dict, incompatible_changes, parse_override, recipe_names
+from barlowtwins.recipes import config_from_dict, incompatible_changes, parse_override, recipe_names
 
 
 def test_defaults_are_the_papers_imagenet_recipe():

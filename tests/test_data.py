@@ -12,14 +12,9 @@ import webdataset as wds
 from PIL import Image
 
 from barlowtwins import BarlowTwinsError, TwoViews
-from barlowtwins.data import (
-    ShardedEpochSampler,
-    count_shard_samples,
-    digits,
-    evaluation_loader,
-    open_source,
-    training_batches,
-)
+from barlowtwins.data import batches, digits, open_source, training_batches
+from barlowtwins.data.loaders import ShardedEpochSampler
+from barlowtwins.data.shards import read_samples, shard_index
 from barlowtwins.errors import BarlowTwinsError as Error
 
 CPU = torch.device("cpu")
@@ -53,9 +48,10 @@ def test_image_folder_tree_gives_class_labels(tmp_path):
             Image.new("RGB", (6, 6), (label * 100, i, 0)).save(tmp_path / name / "nested" / f"{i}.jpg")
     source = open_source([str(tmp_path)])
     assert source.num_samples == 6
-    assert sorted(source.dataset[i][1] for i in range(6)) == [0, 0, 0, 1, 1, 1]
-    assert source.dataset.classes == ["cat", "dog"]
-    image, _ = source.dataset[0]
+    assert sorted(source.samples[i][1] for i in range(6)) == [0, 0, 0, 1, 1, 1]
+    assert source.samples.classes == ["cat", "dog"]
+    image, _, sample_id = source.samples[0]
+    assert sample_id.endswith("cat/nested/0.jpg")
     assert image.mode == "RGB" and image.size == (6, 6)
 
 
@@ -64,8 +60,8 @@ def test_flat_folder_of_images_is_unlabelled(tmp_path):
         Image.new("L", (5, 5), i).save(tmp_path / f"{i}.png")
     (tmp_path / "notes.txt").write_text("not an image")
     source = open_source([str(tmp_path)])
-    assert source.num_samples == 4 and {source.dataset[i][1] for i in range(4)} == {-1}
-    assert source.dataset[0][0].mode == "RGB"
+    assert source.num_samples == 4 and {source.samples[i][1] for i in range(4)} == {-1}
+    assert source.samples[0][0].mode == "RGB"
 
 
 def test_unreadable_image_names_the_file(tmp_path):
@@ -73,7 +69,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not a jpeg")
     source = open_source([str(tmp_path)])
     with pytest.raises(BarlowTwinsError, match=r"cannot read image .*broken\.jpg"):
-        source.dataset[0]
+        source.samples[0]
 
 
 @pytest.mark.parametrize(
@@ -101,33 +97,39 @@ def test_shards_by_brace_pattern_or_by_expanded_paths_are_the_same(tmp_path):
     by_pattern, by_paths = open_source([pattern]), open_source(paths)
     assert by_pattern.shards == by_paths.shards == paths
     assert by_pattern.num_samples == by_paths.num_samples == 16
-    assert [count_shard_samples(p) for p in paths] == [5, 7, 4]
+    assert [len(shard_index(p)) for p in paths] == [5, 7, 4]
 
 
 def test_evaluation_loader_reads_every_shard_sample_once_with_labels(tmp_path):
     source = open_source(write_shards(tmp_path, [5, 7, 4]))
-    loader = evaluation_loader(source, lambda im: torch.tensor(np.asarray(im)[0, 0, 0]), 4, workers=2, device=CPU)
-    values, labels = zip(*[(v, y) for images, targets in loader for v, y in zip(images.tolist(), targets.tolist())])
+    loader = batches(source, lambda im: torch.tensor(np.asarray(im)[0, 0, 0]), 4, workers=2, device=CPU)
+    rows = [row for images, targets, ids in loader for row in zip(images.tolist(), targets.tolist(), ids)]
+    values, labels, ids = zip(*rows)
     assert sorted(values) == list(range(16))
     assert all(label == value % 3 for value, label in zip(values, labels))
+    assert all(key == f"s{value:05d}" for value, key in zip(values, ids))  # each row keeps its sample's key
 
 
 def test_evaluation_loader_with_more_workers_than_shards(tmp_path):
     source = open_source(write_shards(tmp_path, [5]))
-    loader = evaluation_loader(source, lambda im: 0, 2, workers=3, device=CPU)
-    assert sum(len(targets) for _, targets in loader) == 5
+    loader = batches(source, lambda im: 0, 2, workers=3, device=CPU)
+    assert sum(len(targets) for _, targets, _ in loader) == 5
 
 
 def test_unlabelled_shards_get_minus_one(tmp_path):
     source = open_source(write_shards(tmp_path, [3], with_labels=False))
-    loader = evaluation_loader(source, lambda im: 0, 8, workers=0, device=CPU)
-    assert [y for _, targets in loader for y in targets.tolist()] == [-1, -1, -1]
+    loader = batches(source, lambda im: 0, 8, workers=0, device=CPU)
+    assert [y for _, targets, _ in loader for y in targets.tolist()] == [-1, -1, -1]
 
 
 def test_limit_on_shards_keeps_the_first_samples_in_memory(tmp_path):
-    source = open_source(write_shards(tmp_path, [5, 7]), limit=6)
-    assert source.dataset is not None and source.num_samples == 6
-    assert [int(np.asarray(source.dataset[i][0])[0, 0, 0]) for i in range(6)] == list(range(6))
+    paths = write_shards(tmp_path, [5, 7])
+    source = open_source(paths, limit=6)  # crosses into the second shard
+    assert source.samples is not None and source.num_samples == 6
+    assert [int(np.asarray(source.samples[i][0])[0, 0, 0]) for i in range(6)] == list(range(6))
+    assert source.samples.ids == [f"s{i:05d}" for i in range(6)] and source.samples.labels.tolist() == [0, 1, 2] * 2
+    assert [sample.key for sample in read_samples(paths, limit=3)] == ["s00000", "s00001", "s00002"]
+    assert [sample.key for sample in read_samples(paths, keys={"s00007", "s00001"})] == ["s00001", "s00007"]
 
 
 def test_training_batches_from_shards_have_full_batches(tmp_path):
@@ -135,7 +137,7 @@ def test_training_batches_from_shards_have_full_batches(tmp_path):
     two_views = TwoViews(lambda im: torch.zeros(3, 4, 4), lambda im: torch.ones(3, 4, 4))
     stream = training_batches(source, two_views, batch_size=4, workers=2, seed=0, device=CPU)
     for _ in range(10):  # more than one pass over the 18 samples
-        (view_a, view_b), labels = next(stream)
+        (view_a, view_b), labels, _ = next(stream)
         assert view_a.shape == view_b.shape == (4, 3, 4, 4) and labels.shape == (4,)
         assert view_a.sum() == 0 and view_b.min() == 1
 
@@ -144,7 +146,8 @@ def test_training_batches_cover_an_epoch_without_repeats():
     source = open_source(["digits"], limit=64)
     stream = training_batches(source, lambda im: torch.zeros(1), batch_size=16, workers=0, seed=3, device=CPU)
     first_epoch = [next(stream) for _ in range(4)]
-    assert all(images.shape == (16, 1) for images, _ in first_epoch)
+    assert all(images.shape == (16, 1) for images, _, _ in first_epoch)
+    assert len({i for _, _, ids in first_epoch for i in ids}) == 64  # every sample once
 
 
 def test_sampler_splits_processes_disjointly_and_resumes_exactly():
@@ -186,11 +189,11 @@ def test_digits_split_is_stratified_disjoint_and_fixed():
     train, test = digits("train"), digits("test")
     assert len(train) == 1500 and len(test) == 297
     assert np.bincount(test.labels).min() >= 28  # every class about 297 / 10
-    train_rows = {img.tobytes() for img in train.images}
-    overlap = sum(img.tobytes() in train_rows for img in test.images)
+    train_rows = {img.tobytes() for img in train.images.array}
+    overlap = sum(img.tobytes() in train_rows for img in test.images.array)
     assert overlap <= 3  # load_digits holds a few duplicate images; the split itself is disjoint by index
     assert np.array_equal(digits("test").labels, test.labels)
-    image, label = train[0]
+    image, label, _ = train[0]
     assert image.mode == "RGB" and image.size == (8, 8) and 0 <= label <= 9
 
 

@@ -27,10 +27,12 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
-from barlowtwins import distributed, loss
+from barlowtwins import distributed
+from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.data import open_source, training_batches
-from barlowtwins.loss import barlow_twins_terms
-from barlowtwins.model import BarlowTwins
+from barlowtwins.losses import barlow_twins as bt_loss
+from barlowtwins.methods import METHODS
+from barlowtwins.models.backbones import build_backbone
 from barlowtwins.optim import build_optimizer
 
 pytestmark = pytest.mark.distributed
@@ -53,15 +55,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model() -> nn.Module:
-    """The twin network, with every batch-norm weight and bias randomised.
+def _model(formulation: str = "auto") -> nn.Module:
+    """The Barlow Twins method (networks and loss) as the loop builds it, every batch-norm weight and bias randomised.
 
     ``zero_init_residual`` zeroes the last BN weight of each residual block, which would make the
     gradients of everything inside the residual branches exactly zero on the first step and leave
     them (and the synchronised BN backward) untested.
     """
     torch.manual_seed(0)
-    model = BarlowTwins("resnet18", PROJECTOR, small_stem=True).double()
+    model = METHODS["barlow_twins"](
+        build_backbone("resnet18", small_stem=True),
+        ModelConfig(projector=PROJECTOR),
+        LossConfig(formulation=formulation),
+    ).double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in model.modules():
@@ -82,21 +88,20 @@ def _global_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
     # Official LARS with a large learning rate so a step moves the parameters visibly.
-    return build_optimizer(model, "lars", WORLD * PER_RANK, 25.6, 25.6, 1.5e-6)
+    return build_optimizer(model, model.no_weight_decay(), "lars", WORLD * PER_RANK, 25.6, 25.6, 1.5e-6)
 
 
-def _train_step(model: nn.Module, trainer: nn.Module, y_a, y_b, formulation: str) -> dict:
+def _train_step(model: nn.Module, trainer: nn.Module, y_a, y_b) -> dict:
     """Forward, backward and one LARS step; returns loss, gradients, BN buffers and parameter updates."""
     optimizer = _optimizer(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    z_a, z_b = trainer(y_a, y_b)
-    terms = barlow_twins_terms(z_a, z_b, formulation=formulation)
+    loss = trainer(y_a, y_b)["loss"]
     optimizer.zero_grad()
-    terms.loss.backward()
+    loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
     optimizer.step()
     return {
-        "loss": terms.loss.detach(),
+        "loss": loss.detach(),
         "grads": grads,
         "updates": {name: p.detach() - before[name] for name, p in model.named_parameters()},
         "buffers": {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()},
@@ -145,14 +150,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         results = {}
         for formulation in FORMULATIONS:
-            model = distributed.convert_sync_batchnorm(_model(), "cpu")
+            model = distributed.convert_sync_batchnorm(_model(formulation), "cpu")
             trainer = nn.parallel.DistributedDataParallel(model)
-            results[formulation] = _train_step(model, trainer, y_a[mine], y_b[mine], formulation)
+            results[formulation] = _train_step(model, trainer, y_a[mine], y_b[mine])
         # Control: the same step with the plain all-reduce of the official code.
-        loss.all_reduce_sum = _naive_all_reduce_sum
-        model = distributed.convert_sync_batchnorm(_model(), "cpu")
+        bt_loss.all_reduce_sum = _naive_all_reduce_sum
+        model = distributed.convert_sync_batchnorm(_model("cross"), "cpu")
         trainer = nn.parallel.DistributedDataParallel(model)
-        results["naive"] = _train_step(model, trainer, y_a[mine], y_b[mine], "cross")
+        results["naive"] = _train_step(model, trainer, y_a[mine], y_b[mine])
         results["shard_labels"] = _shard_labels_seen(sorted(str(p) for p in Path(out_dir).glob("*.tar")))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -175,8 +180,8 @@ def one_process_results() -> dict:
     torch.set_num_threads(1)  # fp64 convolutions slow down ~10x when threads compete for 2 busy cores
     try:
         for formulation in FORMULATIONS:
-            model = _model()
-            results[formulation] = _train_step(model, model, y_a, y_b, formulation)
+            model = _model(formulation)
+            results[formulation] = _train_step(model, model, y_a, y_b)
     finally:
         torch.set_num_threads(threads)
     return results
@@ -251,11 +256,11 @@ def _logged_steps(out: Path) -> list[int]:
 def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = _pretrain(WORLD, out, epochs=1)  # 256 samples / batch 64: 4 steps per epoch
-    assert first.stdout.count("pretraining resnet18") == 1  # only rank 0 prints
+    assert first.stdout.count("pretraining barlow_twins: resnet18") == 1  # only rank 0 prints
     assert "over 2 process(es)" in first.stdout
     assert _logged_steps(out) == [1, 2, 3, 4]  # one line per step: only rank 0 writes metrics
     assert len(list((out / "tensorboard").iterdir())) == 1
-    assert (out / "knn.json").is_file() and (out / "loss.png").is_file()
+    assert (out / "eval" / "knn.json").is_file() and (out / "loss.png").is_file()
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["epoch"] == 1
     assert not any(key.startswith("module.") for key in state["model"])  # the bare model, not the DDP wrapper

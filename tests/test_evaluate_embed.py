@@ -11,11 +11,11 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from barlowtwins.augment import eval_transform
 from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
-from barlowtwins.data import digits, evaluation_loader_with_ids, open_source, sample_index
-from barlowtwins.model import BarlowTwins, build_backbone
+from barlowtwins.data import batches, digits, open_source, sample_index
+from barlowtwins.models.backbones import build_backbone
+from barlowtwins.views import eval_transform
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,9 @@ def tiny_run(tmp_path_factory):
     Saved by the training loop's own writer after a few train-mode passes, so batch-norm statistics are not
     the initial ones (pretraining itself is tested elsewhere and takes far longer).
     """
-    from barlowtwins.config import make_config, override
-    from barlowtwins.train import _save, build_model
+    from barlowtwins.recipes import make_config, override
+    from barlowtwins.train.loop import build_method
+    from barlowtwins.train.run_dir import RunDir
 
     out = tmp_path_factory.mktemp("run")
     sizes = [
@@ -35,7 +36,7 @@ def tiny_run(tmp_path_factory):
         override("augment.std", [0.5] * 3),
     ]
     config = make_config("demo", [override("model.projector", "32-32"), *sizes])
-    model = build_model(config).train()
+    model = build_method(config).train()
     transform = eval_transform(16, (0.5,) * 3, (0.5,) * 3)
     data = digits("train")
     with torch.no_grad():
@@ -43,7 +44,7 @@ def tiny_run(tmp_path_factory):
             batch = torch.stack([transform(data[i][0]) for i in range(start, start + 32)])
             model(batch, batch.flip(3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    _save(out, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), config, 3, 3)
+    RunDir(out, main=True).save(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), config, 3, 3)
     return out
 
 
@@ -59,7 +60,10 @@ def test_embed_writes_backbone_and_projector_outputs_equal_to_a_direct_forward_p
     assert labels.tolist() == digits("test").labels[:40].tolist()
 
     state = load_checkpoint(tiny_run)
-    model = BarlowTwins("resnet18", "32-32", small_stem=True)
+    from barlowtwins.recipes import config_from_dict
+    from barlowtwins.train.loop import build_method
+
+    model = build_method(config_from_dict(state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
     transform = eval_transform(16, (0.5,) * 3, (0.5,) * 3)  # the run's size and normalisation
@@ -75,7 +79,7 @@ def test_embed_writes_backbone_and_projector_outputs_equal_to_a_direct_forward_p
 
 
 def test_projector_needs_a_training_checkpoint(tmp_path, capsys):
-    backbone, _ = build_backbone("resnet18", small_stem=True)
+    backbone, _, _ = build_backbone("resnet18", small_stem=True)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
     args = ["embed", "--checkpoint", str(tmp_path / "w.pth"), "--arch", "resnet18", "--small-stem"]
     assert main([*args, "--data", "digits:test", "--projector", "--out", str(tmp_path / "e")]) == 2
@@ -90,7 +94,7 @@ def _write_shards(directory, per_shard: int, shards: int) -> list[str]:
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
                 index = s * per_shard + i
-                image, label = data[index]
+                image, label, _ = data[index]
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 for extension, payload in (("png", buffer.getvalue()), ("cls", str(label).encode())):
@@ -104,7 +108,7 @@ def _write_shards(directory, per_shard: int, shards: int) -> list[str]:
 def test_ids_stay_with_their_images_when_workers_interleave_shards(tmp_path):
     shards = _write_shards(tmp_path, per_shard=24, shards=3)
     source = open_source(shards)
-    loader = evaluation_loader_with_ids(source, T.PILToTensor(), 10, workers=2, device=torch.device("cpu"))
+    loader = batches(source, T.PILToTensor(), 10, workers=2, device=torch.device("cpu"))
     rows = [
         (key, int(label), image)
         for images, labels, keys in loader
@@ -121,10 +125,11 @@ def test_ids_stay_with_their_images_when_workers_interleave_shards(tmp_path):
         assert torch.equal(image, T.PILToTensor()(data[index][0]))
 
 
-def test_frozen_features_cap_workers_at_the_number_of_shards(tmp_path):
-    from barlowtwins.evaluate.linear import frozen_features
+def test_feature_extraction_caps_workers_at_the_number_of_shards(tmp_path):
+    from barlowtwins.evaluate.features import extract
 
+    cpu = torch.device("cpu")
     source = open_source(_write_shards(tmp_path, per_shard=12, shards=1))
-    features, labels = frozen_features(torch.nn.Flatten(), source, T.ToTensor(), 5, 2, torch.device("cpu"))
-    assert features.shape == (12, 3 * 8 * 8)  # two workers on one shard would fail inside WebDataset
-    assert labels.tolist() == sample_index(source)[1].tolist()
+    result = extract(torch.nn.Flatten(), batches(source, T.ToTensor(), 5, workers=2, device=cpu), cpu)
+    assert result.features.shape == (12, 3 * 8 * 8)  # two workers on one shard would fail inside WebDataset
+    assert (result.ids, result.labels.tolist()) == (sample_index(source)[0], sample_index(source)[1].tolist())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ from sklearn.metrics import top_k_accuracy_score
 from sklearn.model_selection import train_test_split
 
 from barlowtwins.cli import main
-from barlowtwins.data import digits
-from barlowtwins.evaluate.linear import cosine_factor, topk_accuracy, train_augmented, train_on_features
-from barlowtwins.model import build_backbone
+from barlowtwins.config import LinearConfig
+from barlowtwins.data import digits, in_memory
+from barlowtwins.evaluate.linear import topk_accuracy, train_augmented, train_on_features
+from barlowtwins.models.backbones import build_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +92,7 @@ def test_cosine_schedule_is_torchs_per_epoch_cosine_annealing(digit_features):
         optimizer.step()
         scheduler.step()
     assert [h["lr"] for h in history] == pytest.approx(expected)
-    assert cosine_factor(0, 100) == 1.0 and cosine_factor(50, 100) == pytest.approx(0.5)
+    assert history[0]["lr"] == 0.3 and expected[-1] == pytest.approx(0.15 * (1 + math.cos(math.pi * 6 / 7)))
 
 
 def test_topk_accuracy_matches_scikit_learn():
@@ -124,27 +126,24 @@ def test_feature_bn_makes_the_probe_insensitive_to_feature_scale(digit_features)
 
 
 def test_augmented_mode_trains_only_the_classifier_and_leaves_the_backbone_untouched():
-    from barlowtwins.data import ImageSource
     from barlowtwins.evaluate.linear import train_transform
 
     torch.manual_seed(0)
-    backbone, dim = build_backbone("resnet18", small_stem=True)
+    backbone, dim, _ = build_backbone("resnet18", small_stem=True)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}  # weights and BN running statistics
-    data = torch.utils.data.Subset(digits("train"), range(128))
-    source = ImageSource("digits", len(data), data)
-    transform = train_transform(8, (0.5,) * 3, (0.5,) * 3)
-    classifier, history = train_augmented(
-        backbone, dim, 10, source, transform, 2, 0.3, 0.9, 1e-6, 32, 0, torch.device("cpu"), 0
-    )
+    source = in_memory(digits("train").subset(range(128)), "digits")
+    transform = train_transform(8, (0.5,) * 3, (0.5,) * 3, (0.08, 1.0))
+    settings = LinearConfig(mode="augmented", epochs=2, batch_size=32)
+    classifier, history = train_augmented(backbone, dim, 10, source, transform, settings, 0, torch.device("cpu"), 0)
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert [h["epoch"] for h in history] == [1, 2] and history[1]["lr"] == pytest.approx(0.3 * cosine_factor(1, 2))
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["lr"] == pytest.approx(0.15)  # cosine half-way
     assert not torch.equal(classifier[-1].weight, torch.zeros_like(classifier[-1].weight))
 
 
 def _save_backbone(path, arch: str, small_stem: bool, seed: int) -> None:
     torch.manual_seed(seed)
-    backbone, _ = build_backbone(arch, small_stem)
+    backbone, _, _ = build_backbone(arch, small_stem)
     torch.save(backbone.state_dict(), path)
 
 

@@ -13,11 +13,12 @@ from torch import nn
 from torchvision import transforms as T
 
 from barlowtwins.cli import main
-from barlowtwins.data import ImageSource, digits, open_source, sample_index, select_samples
+from barlowtwins.config import SemiConfig
+from barlowtwins.data import ImageSource, digits, in_memory, open_source, sample_index, select_samples
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.evaluate.semi import finetune, step_factor
+from barlowtwins.evaluate.semi import finetune
 from barlowtwins.evaluate.subsets import balanced_subset, match_ids, read_subset_file, write_subset_file
-from barlowtwins.model import build_backbone
+from barlowtwins.models.backbones import build_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -28,27 +29,18 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_step_schedule_is_torchs_multistep_at_epochs_12_and_16():
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[12, 16], gamma=0.2)
-    expected = []
-    for _ in range(20):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert [step_factor(e) for e in range(20)] == pytest.approx(expected)
-    assert [step_factor(e) for e in (0, 11, 12, 15, 16, 19)] == pytest.approx([1, 1, 0.2, 0.2, 0.04, 0.04])
+STEP_FACTORS = [1.0] * 12 + [0.2] * 4 + [0.04] * 4  # B.2: x0.2 after the 12th and the 16th of 20 epochs
 
 
 def test_finetune_moves_backbone_and_classifier_at_their_own_rates():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     before = [p.detach().clone() for p in backbone.parameters()]
-    data = torch.utils.data.Subset(digits("train"), range(40))
-    model, history = finetune(backbone, 8, 10, data, T.ToTensor(), batch_size=16, seed=0)
+    data = in_memory(digits("train").subset(range(40)), "digits")
+    model, history = finetune(backbone, 8, 10, data, T.ToTensor(), SemiConfig(batch_size=16), seed=0)
     assert len(history) == 20
-    assert [h["lr_backbone"] for h in history] == pytest.approx([0.002 * step_factor(e) for e in range(20)])
-    assert [h["lr_classifier"] for h in history] == pytest.approx([0.5 * step_factor(e) for e in range(20)])
+    assert [h["lr_backbone"] for h in history] == pytest.approx([0.002 * f for f in STEP_FACTORS])
+    assert [h["lr_classifier"] for h in history] == pytest.approx([0.5 * f for f in STEP_FACTORS])
     assert not model.training
     assert all(not torch.equal(a, b) for a, b in zip(before, model[0].parameters(), strict=True))  # fine-tuned
 
@@ -91,7 +83,7 @@ def _write_shards(directory, per_shard: int, shards: int) -> list[str]:
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
                 index = s * per_shard + i
-                image, label = data[index]
+                image, label, _ = data[index]
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 for extension, payload in (("png", buffer.getvalue()), ("cls", str(label).encode())):
@@ -110,18 +102,18 @@ def test_sample_index_of_shards_matches_webdataset_and_subsets_select_by_key(tmp
     assert list(zip(ids, labels.tolist(), strict=True)) == reference
     positions = balanced_subset(labels, 0.2, seed=0)
     chosen = select_samples(source, positions, "subset")
-    assert isinstance(chosen, ImageSource) and chosen.dataset is not None
+    assert isinstance(chosen, ImageSource) and chosen.samples is not None
     chosen_ids, chosen_labels = sample_index(chosen)
     assert chosen_ids == [ids[i] for i in positions]
     assert chosen_labels.tolist() == labels[positions].tolist()
-    image, label = chosen.dataset[0]
+    image, label, _ = chosen.samples[0]
     assert image.size == (8, 8) and label == labels[positions[0]]
 
 
 @pytest.mark.slow
 def test_cli_semi_draws_saves_and_reuses_the_same_subset(tmp_path):
     torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18", small_stem=True)
+    backbone, _, _ = build_backbone("resnet18", small_stem=True)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
     common = ["semi", "--checkpoint", str(tmp_path / "w.pth"), "--arch", "resnet18", "--small-stem"]
     common += ["--train-data", "digits", "--test-data", "digits:test", "--image-size", "8", "--workers", "0"]

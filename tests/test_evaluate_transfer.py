@@ -13,16 +13,17 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.svm import LinearSVC
 
 from barlowtwins.cli import main
+from barlowtwins.config import TransferConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate.transfer import (
     choose_cost,
-    drop_factor,
+    drops_at,
     linear_transfer,
     one_vs_rest,
     read_multilabel_file,
     svm_eval,
 )
-from barlowtwins.model import build_backbone
+from barlowtwins.models.backbones import build_backbone
 
 COSTS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -46,16 +47,26 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _factors(epochs: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler, factors = drops_at(optimizer, epochs), []
+    for _ in range(epochs):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
 def test_learning_rate_drops_tenfold_at_two_equally_spaced_points():
-    assert [drop_factor(e, 30) for e in (0, 9, 10, 19, 20, 29)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    assert [drop_factor(e, 14) for e in range(14)] == pytest.approx([1] * 5 + [0.1] * 4 + [0.01] * 5)
+    assert [_factors(30)[e] for e in (0, 9, 10, 19, 20, 29)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert _factors(14) == pytest.approx([1] * 5 + [0.1] * 4 + [0.01] * 5)
 
 
 def test_linear_transfer_follows_the_schedule_and_learns(digit_pixels):
     x, y, x_test, y_test = (torch.tensor(a, dtype=torch.float32) for a in digit_pixels)
     y, y_test = y.long(), y_test.long()
-    result = linear_transfer(x, y, x_test, y_test, epochs=30, lr=0.5)
-    assert [h["lr"] for h in result["history"]] == pytest.approx([0.5 * drop_factor(e, 30) for e in range(30)])
+    result = linear_transfer(x, y, x_test, y_test, TransferConfig(epochs=30, lr=0.5))
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.5] * 10 + [0.05] * 10 + [0.005] * 10)
     assert result["top1"] > 90 and result["top5"] >= result["top1"]
 
 
@@ -127,7 +138,7 @@ def test_multilabel_file_format(tmp_path):
 @pytest.mark.slow
 def test_cli_transfer_runs_both_classifiers_and_multilabel_svms(tmp_path):
     torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18", small_stem=True)
+    backbone, _, _ = build_backbone("resnet18", small_stem=True)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
     common = ["transfer", "--checkpoint", str(tmp_path / "w.pth"), "--arch", "resnet18", "--small-stem"]
     common += ["--train-data", "digits", "--test-data", "digits:test", "--image-size", "8", "--workers", "0"]
@@ -137,7 +148,7 @@ def test_cli_transfer_runs_both_classifiers_and_multilabel_svms(tmp_path):
     result = report["results"]["pretrained"]
     assert set(result) == {"linear", "svm"} and len(result["linear"]["history"]) == 3
     assert all(c in (0.1, 1.0) for c in result["svm"]["C"])
-    assert report["hyperparameters"]["linear"]["weight_decay"] == 5e-4
+    assert report["hyperparameters"]["weight_decay"] == 5e-4 and report["hyperparameters"]["drops"] == 2
 
     # Multi-label targets keyed by sample id (digits: the position), listed in another order.
     from barlowtwins.data import digits
@@ -149,7 +160,7 @@ def test_cli_transfer_runs_both_classifiers_and_multilabel_svms(tmp_path):
     write(tmp_path / "train.txt", digits("train").labels[:150])
     write(tmp_path / "test.txt", digits("test").labels[:150])
     labels = ["--train-labels", str(tmp_path / "train.txt"), "--test-labels", str(tmp_path / "test.txt")]
-    assert main([*common, *labels, "--classifier", "svm", "--out", str(tmp_path / "m.json")]) == 0
+    assert main([*common, *labels, "--classifiers", "svm", "--out", str(tmp_path / "m.json")]) == 0
     svm = json.loads((tmp_path / "m.json").read_text())["results"]["pretrained"]["svm"]
     assert len(svm["ap"]) == 2 and "top1" not in svm
     assert main([*common, *labels, "--out", str(tmp_path / "x.json")]) == 2  # softmax needs single labels

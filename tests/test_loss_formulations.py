@@ -11,14 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from barlowtwins.loss import DEFAULT_LAMBDA, barlow_twins_terms, choose_formulation
+from barlowtwins.config import LossConfig
+from barlowtwins.losses.barlow_twins import barlow_twins_terms, choose_formulation
 
 # (N, D): D <= 2N (auto picks cross) and D > 2N (auto picks gram), from tiny to the benchmark's N.
 SHAPES = [(3, 2), (16, 16), (16, 1024), (64, 128), (64, 2048), (256, 64), (256, 2048)]
 RTOL = 1e-5  # fp32 against fp64; errors are per tensor, ||a - b|| / ||b||
 
 
-def algorithm_1(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = DEFAULT_LAMBDA) -> torch.Tensor:
+def algorithm_1(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = LossConfig.lambd) -> torch.Tensor:
     """The paper's Algorithm 1 with the official code's normalisation, in fp64."""
     z_a = F.batch_norm(z_a.double(), None, None, training=True, eps=1e-5)
     z_b = F.batch_norm(z_b.double(), None, None, training=True, eps=1e-5)

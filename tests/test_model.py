@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from barlowtwins import BarlowTwins, BarlowTwinsError, build_backbone, build_projector
-from barlowtwins.model import parse_projector_spec
+from barlowtwins import BarlowTwinsError, build_backbone, build_projector
+from barlowtwins.config import LossConfig, ModelConfig, parse_projector_spec
+from barlowtwins.losses.barlow_twins import barlow_twins_terms
+from barlowtwins.methods import METHODS
 
 
 @pytest.mark.parametrize(
@@ -15,21 +17,21 @@ from barlowtwins.model import parse_projector_spec
     [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnet101", 2048), ("wide_resnet50_2", 2048)],
 )
 def test_backbone_has_no_classifier_and_reports_its_width(arch, dim):
-    backbone, feature_dim = build_backbone(arch)
+    backbone, feature_dim, _ = build_backbone(arch)
     assert feature_dim == dim
     assert isinstance(backbone.fc, nn.Identity)
     assert not any(k.startswith("fc.") for k in backbone.state_dict())
 
 
 def test_zero_init_residual_as_the_official_code():
-    basic, _ = build_backbone("resnet18")
-    bottleneck, _ = build_backbone("resnet50")
+    basic, _, _ = build_backbone("resnet18")
+    bottleneck, _, _ = build_backbone("resnet50")
     assert all(block.bn2.weight.abs().sum() == 0 for layer in (basic.layer1, basic.layer4) for block in layer)
     assert all(block.bn3.weight.abs().sum() == 0 for block in bottleneck.layer2)
 
 
 def test_small_stem_keeps_resolution_for_small_images():
-    backbone, _ = build_backbone("resnet18", small_stem=True)
+    backbone, _, _ = build_backbone("resnet18", small_stem=True)
     assert backbone.conv1.kernel_size == (3, 3) and backbone.conv1.stride == (1, 1)
     assert isinstance(backbone.maxpool, nn.Identity)
     features = {}
@@ -69,10 +71,28 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_twin_forward_shapes_and_per_view_batch_norm():
-    model = BarlowTwins("resnet18", "64-64-32", small_stem=True)
+    model = twin(projector="64-64-32")
     y_a, y_b = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
-    z_a, z_b = model(y_a, y_b)
+    z_a = model.projector(model.backbone(y_a))
+    z_b = model.projector(model.backbone(y_b))
     assert z_a.shape == z_b.shape == (4, 32)
     # Views pass separately (official code): view A's output does not depend on view B's images.
-    z_a_again, _ = model(y_a, torch.randn(4, 3, 16, 16))
-    torch.testing.assert_close(z_a, z_a_again)
+    torch.testing.assert_close(z_a, model.projector(model.backbone(y_a)))
+    terms = model(y_a, y_b)
+    assert set(terms) == set(model.logged) and terms["loss"].ndim == 0
+    expected = barlow_twins_terms(z_a, z_b)
+    torch.testing.assert_close(terms["loss"], expected.loss)  # the method's loss is eq. 1 of its projections
+
+
+def test_no_weight_decay_names_are_the_one_d_parameters_of_backbone_and_projector():
+    model = twin(projector="64-64-32")
+    one_d = {name for name, p in model.named_parameters() if p.ndim == 1}
+    assert model.no_weight_decay() == one_d
+    assert "projector.1.weight" in one_d and "backbone.bn1.bias" in one_d
+
+
+def twin(arch: str = "resnet18", projector: str = "64-64-32", small_stem: bool = True, formulation: str = "auto"):
+    """The Barlow Twins method as the training loop builds it."""
+    return METHODS["barlow_twins"](
+        build_backbone(arch, small_stem), ModelConfig(projector=projector), LossConfig(formulation=formulation)
+    )

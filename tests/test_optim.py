@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from barlowtwins import LARS, BarlowTwins, build_optimizer, lr_factor, param_groups
+from barlowtwins import LARS, build_backbone, build_optimizer, lr_factor, param_groups
+from barlowtwins.config import LossConfig, ModelConfig
+from barlowtwins.methods import METHODS
+from barlowtwins.models.backbones import one_d_parameter_names
 from barlowtwins.optim import set_learning_rate
 
 
@@ -39,7 +42,9 @@ def test_lars_momentum_accumulates_adapted_updates():
 
 def test_excluded_group_is_plain_momentum_sgd_without_weight_decay():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    opt = build_optimizer(model, "lars", batch_size=256, lr_weights=0.2, lr_biases=0.01, weight_decay=0.5)
+    opt = build_optimizer(
+        model, one_d_parameter_names(model), "lars", batch_size=256, lr_weights=0.2, lr_biases=0.01, weight_decay=0.5
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.ones_like(p)
@@ -60,8 +65,8 @@ def test_zero_norm_parameter_takes_an_unadapted_step():
 
 
 def test_param_groups_split_one_d_parameters_exactly_once():
-    model = BarlowTwins("resnet18", "64-64-32", small_stem=True)
-    groups = param_groups(model, lr_weights=0.2, lr_biases=0.0048, weight_decay=1.5e-6)
+    model = twin()
+    groups = param_groups(model, model.no_weight_decay(), lr_weights=0.2, lr_biases=0.0048, weight_decay=1.5e-6)
     weights, one_d = groups[0]["params"], groups[1]["params"]
     assert len(weights) + len(one_d) == len(list(model.parameters()))
     assert {id(p) for p in weights}.isdisjoint({id(p) for p in one_d})
@@ -74,7 +79,9 @@ def test_param_groups_split_one_d_parameters_exactly_once():
 @pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
 def test_learning_rates_scale_with_batch_size(name):
     model = nn.Linear(3, 3)
-    opt = build_optimizer(model, name, batch_size=2048, lr_weights=0.2, lr_biases=0.0048, weight_decay=1e-6)
+    opt = build_optimizer(
+        model, one_d_parameter_names(model), name, batch_size=2048, lr_weights=0.2, lr_biases=0.0048, weight_decay=1e-6
+    )
     assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 8)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.0048 * 8)
     set_learning_rate(opt, 0.5)
@@ -106,3 +113,10 @@ def test_schedule_matches_the_official_code():
 
 def test_schedule_without_warmup_starts_at_peak():
     assert lr_factor(0, 10, 0, 0.0) == 1.0
+
+
+def twin(arch: str = "resnet18", projector: str = "64-64-32", small_stem: bool = True, formulation: str = "auto"):
+    """The Barlow Twins method as the training loop builds it."""
+    return METHODS["barlow_twins"](
+        build_backbone(arch, small_stem), ModelConfig(projector=projector), LossConfig(formulation=formulation)
+    )

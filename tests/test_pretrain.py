@@ -68,7 +68,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     args = [*TINY, "--epochs", "2", "--set", "train.checkpoint_every=2"]
     assert main(["pretrain", *args, "--out", str(straight)]) == 0
 
-    from barlowtwins import train
+    from barlowtwins.train import loop as train
 
     real_lr_factor = train.lr_factor
 
@@ -149,7 +149,8 @@ def test_demo_config_reports_knn_for_both_backbones(tmp_path):
         )
         == 0
     )
-    report = json.loads((out / "knn.json").read_text())
-    assert set(report["top1"]) == {"pretrained", "random_init"}
-    assert set(report["top1"]["pretrained"]) == {"20", "200"}
-    assert all(0 <= v <= 100 for accs in report["top1"].values() for v in accs.values())
+    report = json.loads((out / "eval" / "knn.json").read_text())
+    assert set(report["results"]) == {"pretrained", "random_init"}
+    assert set(report["results"]["pretrained"]["top1"]) == {"20", "200"}
+    assert all(0 <= v <= 100 for r in report["results"].values() for v in r["top1"].values())
+    assert report["weights"]["random_init"]["seed"] == 0 and report["hyperparameters"]["image_size"] == 8

@@ -1,37 +1,45 @@
-"""Barlow Twins self-supervised learning (Zbontar, Jing, Misra, LeCun, Deny, ICML 2021)."""
+"""Barlow Twins self-supervised learning (Zbontar, Jing, Misra, LeCun, Deny, ICML 2021).
 
-from barlowtwins.augment import TwoViews, eval_transform, two_views, view_transform
-from barlowtwins.checkpoint import export_backbone, load_backbone
-from barlowtwins.config import PretrainConfig, make_config
-from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.evaluate.knn import knn_accuracy, knn_predict
-from barlowtwins.loss import BarlowTwinsLoss, LossTerms, barlow_twins_loss, barlow_twins_terms
-from barlowtwins.model import BarlowTwins, build_backbone, build_projector
-from barlowtwins.optim import LARS, build_optimizer, lr_factor, param_groups
-from barlowtwins.train import pretrain
+The public names below are imported on first use, so ``import barlowtwins`` (and the command line's
+``--help``) does not pay for torch until something needs it.
+"""
 
-__all__ = [
-    "LARS",
-    "BarlowTwins",
-    "BarlowTwinsError",
-    "BarlowTwinsLoss",
-    "LossTerms",
-    "PretrainConfig",
-    "TwoViews",
-    "barlow_twins_loss",
-    "barlow_twins_terms",
-    "build_backbone",
-    "build_optimizer",
-    "build_projector",
-    "eval_transform",
-    "export_backbone",
-    "knn_accuracy",
-    "knn_predict",
-    "load_backbone",
-    "lr_factor",
-    "make_config",
-    "param_groups",
-    "pretrain",
-    "two_views",
-    "view_transform",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BarlowTwinsError": "barlowtwins.errors",
+    "PretrainConfig": "barlowtwins.config",
+    "make_config": "barlowtwins.recipes",
+    "pretrain": "barlowtwins.train.loop",
+    "METHODS": "barlowtwins.methods",
+    "BarlowTwins": "barlowtwins.methods.barlow_twins",
+    "BarlowTwinsLoss": "barlowtwins.losses.barlow_twins",
+    "LossTerms": "barlowtwins.losses.barlow_twins",
+    "barlow_twins_loss": "barlowtwins.losses.barlow_twins",
+    "barlow_twins_terms": "barlowtwins.losses.barlow_twins",
+    "Backbone": "barlowtwins.models.backbones",
+    "build_backbone": "barlowtwins.models.backbones",
+    "build_projector": "barlowtwins.models.heads",
+    "LARS": "barlowtwins.optim",
+    "build_optimizer": "barlowtwins.optim",
+    "lr_factor": "barlowtwins.optim",
+    "param_groups": "barlowtwins.optim",
+    "TwoViews": "barlowtwins.views",
+    "two_views": "barlowtwins.views",
+    "view_transform": "barlowtwins.views",
+    "eval_transform": "barlowtwins.views",
+    "export_backbone": "barlowtwins.checkpoint",
+    "load_backbone": "barlowtwins.checkpoint",
+    "knn_accuracy": "barlowtwins.evaluate.knn",
+    "knn_predict": "barlowtwins.evaluate.knn",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'barlowtwins' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.model import build_backbone
+from barlowtwins.models.backbones import build_backbone
+from barlowtwins.models.heads import build_projector
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "barlowtwins-checkpoint/1"
@@ -75,7 +76,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_path(path)
     state = load_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise BarlowTwinsError(f"{path} is not a barlowtwins checkpoint; for plain weights use --weights")
+        raise BarlowTwinsError(
+            f"{path} is not a training checkpoint made by 'barlowtwins pretrain' (a plain state_dict holds "
+            "weights only); pass the run directory"
+        )
     return state
 
 
@@ -101,7 +105,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "step": state["step"],
         "barlowtwins_version": state.get("version"),
         "load_with": f"torchvision.models.{model_config['arch']}().load_state_dict(sd, strict=False)"
-        + (" after barlowtwins.model.apply_small_stem(model)" if model_config["small_stem"] else ""),
+        + (" after barlowtwins.models.backbones.apply_small_stem(model)" if model_config["small_stem"] else ""),
     }
     atomic_save(weights, out)
     atomic_write_text(json.dumps(info, indent=2) + "\n", Path(out).with_suffix(".json"))
@@ -146,7 +150,7 @@ def load_backbone(
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         model_config = state["config"]["model"]
-        backbone, dim = build_backbone(model_config["arch"], model_config["small_stem"])
+        backbone, dim, _ = build_backbone(model_config["arch"], model_config["small_stem"])
         load_weights_into(backbone, backbone_state_dict(state["model"]), str(path))
         augment = state["config"]["augment"]
         images = {"image_size": augment["image_size"], "mean": augment["mean"], "std": augment["std"]}
@@ -159,7 +163,7 @@ def load_backbone(
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
     if arch is None:
         raise BarlowTwinsError(f"{path} is a plain state_dict; say which architecture it is with --arch")
-    backbone, dim = build_backbone(arch, bool(small_stem))
+    backbone, dim, _ = build_backbone(arch, bool(small_stem))
     info = {"weights": str(path) if path else "random init", "arch": arch, "small_stem": bool(small_stem)}
     if state is not None:
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -168,3 +172,18 @@ def load_backbone(
             raise BarlowTwinsError(f"{path} holds no state_dict ({type(state).__name__})")
         load_weights_into(backbone, state, str(path))
     return backbone, dim, info
+
+
+def load_projector(path: str | Path, feature_dim: int) -> nn.Module:
+    """The projector of a ``barlowtwins`` run directory or checkpoint, in eval mode."""
+    state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise BarlowTwinsError(
+            f"{path} holds no projector (a plain state_dict has the backbone only); "
+            "pass a run directory or checkpoint made by 'barlowtwins pretrain', or drop --projector"
+        )
+    model_config = state["config"]["model"]
+    projector = build_projector(feature_dim, model_config["projector"], model_config.get("projector_bn", True))
+    weights = {k.removeprefix("projector."): v for k, v in state["model"].items() if k.startswith("projector.")}
+    projector.load_state_dict(weights)
+    return projector.eval()

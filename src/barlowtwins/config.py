@@ -1,25 +1,26 @@
-"""Run configuration: frozen dataclasses holding every default exactly once.
+"""Every setting and its default, written once: frozen dataclasses for pretraining and for each evaluation.
 
-Configuration flows one way: dataclass defaults (the paper's ImageNet recipe) <- a named recipe
+Pretraining configuration flows one way: these defaults (the paper's ImageNet recipe) <- a named recipe
 (``recipes/<name>.yaml``, only the values that differ) <- command-line overrides -> one frozen
-``PretrainConfig`` -> ``pretrain(config)``. Components never see this object; they get plain arguments.
-Unknown keys are rejected at every level, so a typo cannot be silently ignored.
+``PretrainConfig`` -> ``pretrain(config)`` (:mod:`barlowtwins.recipes` does the merging and type checks).
+Components never see these objects; they get plain arguments, and where a function offers a default it
+refers to the field here (``lambd: float = LossConfig.lambd``) instead of repeating the number.
+This module imports neither torch nor anything that does, so the command line starts fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from barlowtwins.errors import BarlowTwinsError
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalisation: the default, and for weights that carry none
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+FORMULATIONS = ("auto", "cross", "gram")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    method: str = "barlow_twins"  # the self-supervised method (methods.METHODS); the paper's is the default
     arch: str = "resnet50"  # torchvision classification model; its classifier is removed (paper §2.2)
     small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool: for 32-96 px images (CIFAR, STL)
     projector: str = "8192-8192-8192"  # output widths of the projector's linear layers (paper §2.2)
@@ -55,8 +57,8 @@ class AugmentConfig:
     blur_p: tuple[float, float] = (1.0, 0.1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: tuple[float, float] = (0.0, 0.2)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet normalisation
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,15 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between extra mid-epoch checkpoints (0: at the end of each epoch only)
-    knn_k: tuple[int, ...] = (200, 20)  # kNN after pretraining; the first k is the headline (lightly: 200)
-    knn_temperature: float = 0.1  # lightly's value
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """Weighted kNN on L2-normalised frozen features (not in the paper; the libraries' cheap monitor)."""
+
+    k: tuple[int, ...] = (200, 20)  # neighbours; the first is the headline (lightly: 200; DINO: 20)
+    temperature: float = 0.1  # vote weight exp(similarity / T) (lightly's value)
+    batch_size: int = 256  # images per forward pass while extracting features
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)  # after pretraining, when data.eval is set
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of Python scalars and lists (YAML/JSON friendly)."""
@@ -114,8 +124,9 @@ RESUMABLE_CHANGES = frozenset(
         "train.device",
         "train.log_every",
         "train.checkpoint_every",
-        "train.knn_k",
-        "train.knn_temperature",
+        "knn.k",
+        "knn.temperature",
+        "knn.batch_size",
         "data.eval",
         "data.eval_limit",
         "data.workers",
@@ -126,156 +137,91 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+# --- evaluation protocols (appendix B and C); the command line takes its defaults from these ---
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What every evaluation reads: the weights with their random-init floor, test-time images, and data.
+
+    Image size and normalisation left unset (0, empty) come from the checkpoint's pretraining values, else
+    32 px with a small stem or 224 px, and ImageNet's normalisation.
+    """
+
+    checkpoint: str = ""  # run directory, checkpoint, exported backbone, or plain state_dict file
+    arch: str = ""  # architecture of a plain state_dict ("": from the checkpoint or its .json sidecar)
+    small_stem: bool | None = None  # None: from the checkpoint or sidecar, else False
+    image_size: int = 0  # 0: the pretraining size, else 32 (small stem) or 224
+    mean: tuple[float, ...] = ()  # (): the pretraining normalisation, else ImageNet's
+    std: tuple[float, ...] = ()
+    resize_ratio: float = 256 / 224  # B.1 test time: resize to 256, centre-crop 224 (32 px: resize 37, crop 32)
+    train_data: tuple[str, ...] = ()  # labelled training data (the kNN bank, the probe's training set)
+    test_data: tuple[str, ...] = ()  # labelled test data
+    limit: int = 0  # use only the first N samples of each set (0: all)
+    test_limit: int | None = None  # use only the first N test samples (None: as limit)
+    data_root: str = DataConfig.root
+    download: bool = DataConfig.download
+    device: str = TrainConfig.device
+    workers: int = DataConfig.workers
+    seed: int = 0  # classifier initialisation, data order, drawn subsets; random-init floor of a plain state_dict
+    random_init: bool = True  # also evaluate the randomly initialised backbone (the floor)
+    baseline_weights: str = ""  # also evaluate this state_dict (same architecture), e.g. supervised weights
+    out: str = ""  # JSON result file ("": eval/<protocol>.json in the run directory, or beside the weights)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Linear evaluation on frozen features (appendix B.1)."""
+
+    mode: str = "fast"  # "fast": features once, no augmentation; "augmented": B.1 as written
+    epochs: int = 100  # B.1: 100 epochs
+    lr: float = 0.3  # B.1: learning rate 0.3, cosine-annealed per epoch
+    momentum: float = 0.9  # B.1: SGD with momentum (0.9 in the official evaluate.py)
+    weight_decay: float = 1e-6  # B.1: weight decay 10^-6
+    batch_size: int = 256  # B.1: batch size 256
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # B.1 "random crop": RandomResizedCrop's default (official code)
+    feature_bn: bool = False  # batch-norm without affine before the linear layer (MAE's probe; not in the paper)
+
+
+@dataclass(frozen=True)
+class SemiConfig:
+    """Semi-supervised fine-tuning of the whole network on 1% or 10% of the labels (appendix B.2)."""
+
+    fraction: float = 0.01  # B.2 / Table 2: 1% (or 0.1) of the labels, drawn class-balanced when no list is given
+    epochs: int = 20  # B.2: 20 epochs
+    lr_backbone: float = 0.002  # B.2: learning rate 0.002 for the ResNet-50
+    lr_classifier: float = 0.5  # B.2: 0.5 for the final classification layer
+    milestones: tuple[int, ...] = (12, 16)  # B.2: both multiplied by 0.2 after the 12th and 16th epoch
+    gamma: float = 0.2  # B.2: the factor at each milestone
+    momentum: float = 0.9  # B.2: "SGD with momentum" (0.9 in the official evaluate.py)
+    weight_decay: float = 0.0  # B.2: "do not use weight decay"
+    batch_size: int = 256  # B.2: batch size 256
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # B.1's augmentation, which B.2 reuses
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Transfer by linear classifiers on frozen features of another dataset (appendix C.1)."""
+
+    classifiers: tuple[str, ...] = ("linear", "svm")  # SGD softmax classifier and/or per-class linear SVMs
+    epochs: int = 14  # C.1: 14 epochs on Places-205 (84 on iNaturalist2018)
+    lr: float = 0.01  # C.1: learning rate 0.01, divided by 10 at two equally spaced points
+    drops: int = 2  # C.1: the number of divisions by 10
+    gamma: float = 0.1  # C.1: the factor of each division
+    momentum: float = 0.9  # C.1: SGD momentum 0.9
+    weight_decay: float = 5e-4  # C.1: weight decay 5x10^-4
+    batch_size: int = 256  # not in C.1; B.1's batch size
+    feature_bn: bool = False  # as LinearConfig.feature_bn
+    svm_costs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # Goyal et al. 2019's grid, trimmed
+    svm_folds: int = 3  # Goyal et al. 2019: 3-fold cross-validation of C
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
     return value
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the field's declared type, or raise a one-line error."""
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise BarlowTwinsError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise BarlowTwinsError(f"{key}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported annotation for {key}: {annotation}")  # none exist; keep it that way
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            return value.lower() in {"true", "yes", "1"}
-        raise BarlowTwinsError(f"{key}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise BarlowTwinsError(f"{key}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise BarlowTwinsError(f"{key}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        if isinstance(value, bool):
-            raise BarlowTwinsError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise BarlowTwinsError(f"{key}: expected a number, got {value!r}") from None
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise BarlowTwinsError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported annotation for {key}: {annotation}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = f" in '{prefix[:-1]}'" if prefix else ""
-        raise BarlowTwinsError(
-            f"unknown config key(s){where}: {', '.join(prefix + u for u in unknown)}; "
-            f"valid keys: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            if not isinstance(value, dict):
-                raise BarlowTwinsError(f"{prefix}{name}: expected a mapping of keys, got {value!r}")
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, annotation, prefix + name)
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-
-
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """A recipe by name (``cifar10``) or a path to a YAML file, as a nested dict."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise BarlowTwinsError(
-            f"no recipe '{name_or_path}'; use one of {', '.join(recipe_names())} or a path to a YAML file"
-        )
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise BarlowTwinsError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
-    return loaded
-
-
-def override(key: str, value: Any) -> dict[str, Any]:
-    """``("optim.lr_weights", 0.3)`` -> ``{"optim": {"lr_weights": 0.3}}``."""
-    nested: dict[str, Any] = {}
-    node = nested
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return nested
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """``optim.lr_weights=0.3`` -> ``{"optim": {"lr_weights": 0.3}}`` (the value is parsed as YAML)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise BarlowTwinsError(f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3")
-    return override(key, yaml.safe_load(raw) if raw.strip() else "")
-
-
-def make_config(recipe: str | None = None, overrides: list[dict[str, Any]] | None = None) -> PretrainConfig:
-    """Defaults <- recipe <- overrides (in order), validated into a frozen PretrainConfig."""
-    values: dict[str, Any] = load_recipe(recipe) if recipe else {}
-    for override in overrides or []:
-        values = _merge(values, override)
-    return config_from_dict(values)
-
-
-def config_from_dict(values: dict[str, Any]) -> PretrainConfig:
-    config = _build(PretrainConfig, values, "")
-    validate(config)
-    return config
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def incompatible_changes(saved: dict[str, Any], current: PretrainConfig) -> list[str]:
-    """Keys whose values differ between a saved run and the current config and matter for resuming."""
-    old, new = flatten(saved), flatten(current.to_dict())
-    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
 
 
 def validate(config: PretrainConfig) -> None:
@@ -288,12 +234,14 @@ def validate(config: PretrainConfig) -> None:
         )
     if t.epochs < 1:
         raise BarlowTwinsError(f"train.epochs must be at least 1 (got {t.epochs})")
-    if t.precision not in {"auto", "bf16", "fp16", "fp32"}:
-        raise BarlowTwinsError(f"train.precision must be auto, bf16, fp16 or fp32 (got '{t.precision}')")
-    if o.optimizer not in {"lars", "sgd", "adamw"}:
-        raise BarlowTwinsError(f"optim.optimizer must be lars, sgd or adamw (got '{o.optimizer}')")
-    if config.loss.formulation not in {"auto", "cross", "gram"}:
-        raise BarlowTwinsError(f"loss.formulation must be auto, cross or gram (got '{config.loss.formulation}')")
+    if t.precision not in PRECISIONS:
+        raise BarlowTwinsError(f"train.precision must be one of {', '.join(PRECISIONS)} (got '{t.precision}')")
+    if o.optimizer not in OPTIMIZERS:
+        raise BarlowTwinsError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)} (got '{o.optimizer}')")
+    if config.loss.formulation not in FORMULATIONS:
+        raise BarlowTwinsError(
+            f"loss.formulation must be one of {', '.join(FORMULATIONS)} (got '{config.loss.formulation}')"
+        )
     if not 0 <= o.final_lr_ratio <= 1:
         raise BarlowTwinsError(f"optim.final_lr_ratio must be in [0, 1] (got {o.final_lr_ratio})")
     if o.warmup_epochs < 0:
@@ -305,8 +253,19 @@ def validate(config: PretrainConfig) -> None:
     probabilities = [a.flip_p, a.jitter_p, a.grayscale_p, *a.blur_p, *a.solarize_p]
     if any(not 0 <= p <= 1 for p in probabilities):
         raise BarlowTwinsError("augmentation probabilities must lie in [0, 1]")
-    if not t.knn_k or any(k < 1 for k in t.knn_k):
-        raise BarlowTwinsError(f"train.knn_k must be positive integers (got {t.knn_k})")
-    from barlowtwins.model import parse_projector_spec  # local import: model imports torch, config must not
-
+    if not config.knn.k or any(k < 1 for k in config.knn.k):
+        raise BarlowTwinsError(f"knn.k must be positive integers (got {config.knn.k})")
     parse_projector_spec(m.projector)
+
+
+def parse_projector_spec(spec: str) -> list[int]:
+    """``"8192-8192-8192"`` -> ``[8192, 8192, 8192]``: the output width of each linear layer (paper §2.2)."""
+    try:
+        widths = [int(part) for part in spec.split("-")]
+    except ValueError:
+        widths = []
+    if not widths or any(w < 1 for w in widths):
+        raise BarlowTwinsError(
+            f"projector spec '{spec}' must be positive layer widths joined by '-', e.g. 8192-8192-8192"
+        )
+    return widths

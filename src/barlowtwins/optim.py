@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import nn
+
+from barlowtwins.config import OPTIMIZERS, OptimConfig
 
 
 class LARS(torch.optim.Optimizer):
@@ -25,8 +27,8 @@ class LARS(torch.optim.Optimizer):
         params: Iterable,
         lr: float,
         weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        eta: float = 0.001,
+        momentum: float = OptimConfig.momentum,
+        eta: float = OptimConfig.lars_eta,
         lars_adaptation: bool = True,
     ):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars_adaptation=lars_adaptation)
@@ -64,40 +66,38 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(weights, biases and norm parameters): the second are the 1-D parameters, as the official code."""
-    weights, one_d = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (one_d if param.ndim <= 1 else weights).append(param)
-    return weights, one_d
-
-
-def param_groups(model: nn.Module, lr_weights: float, lr_biases: float, weight_decay: float) -> list[dict]:
-    """Two groups: weights (weight decay, LARS adaptation) and 1-D params (neither, own lr).
+def param_groups(
+    model: nn.Module, no_decay: Collection[str], lr_weights: float, lr_biases: float, weight_decay: float
+) -> list[dict]:
+    """Two groups: weights (weight decay, LARS adaptation) and the parameters named in ``no_decay`` (neither,
+    own lr). The names come from the model (``no_weight_decay()``), so no architecture is special-cased here.
 
     Each group keeps its peak learning rate as ``peak_lr``; :func:`set_learning_rate` scales it.
     """
-    weights, one_d = split_parameters(model)
+    weights, excluded = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (excluded if name in no_decay else weights).append(param)
     return [
         {"params": weights, "peak_lr": lr_weights, "lr": lr_weights, "weight_decay": weight_decay},
-        {"params": one_d, "peak_lr": lr_biases, "lr": lr_biases, "weight_decay": 0.0},
+        {"params": excluded, "peak_lr": lr_biases, "lr": lr_biases, "weight_decay": 0.0},
     ]
 
 
 def build_optimizer(
     model: nn.Module,
+    no_decay: Collection[str],
     name: str,
     batch_size: int,
     lr_weights: float,
     lr_biases: float,
     weight_decay: float,
-    momentum: float = 0.9,
-    lars_eta: float = 0.001,
+    momentum: float = OptimConfig.momentum,
+    lars_eta: float = OptimConfig.lars_eta,
 ) -> torch.optim.Optimizer:
     """LARS, SGD or AdamW over :func:`param_groups`, peak learning rates scaled by batch_size / 256."""
     scale = batch_size / 256
-    groups = param_groups(model, lr_weights * scale, lr_biases * scale, weight_decay)
+    groups = param_groups(model, no_decay, lr_weights * scale, lr_biases * scale, weight_decay)
     if name == "lars":
         groups[0]["lars_adaptation"] = True
         groups[1]["lars_adaptation"] = False
@@ -106,7 +106,7 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(momentum, 0.999))
-    raise ValueError(f"optimizer must be lars, sgd or adamw, got '{name}'")
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{name}'")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:

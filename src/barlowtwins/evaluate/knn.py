@@ -1,13 +1,23 @@
 """Weighted k-nearest-neighbour classification on L2-normalised frozen features.
 
 Not in the paper, but the standard cheap monitor of self-supervised representations (Wu et al., 2018;
-DINO's ``knn_classifier``; lightly uses k=200, temperature 0.1). A pure function on tensors.
+DINO's ``knn_classifier``; lightly uses k=200, temperature 0.1). Pure functions on tensors, and
+:func:`knn_eval`, which extracts the features of a bank and queries for several backbones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from barlowtwins.config import EvalInputs, KnnConfig
+from barlowtwins.data import ImageSource, batches
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.evaluate.features import extract
 
 
 @torch.no_grad()
@@ -43,8 +53,8 @@ def knn_accuracy(
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    ks: tuple[int, ...] = (200, 20),
-    temperature: float = 0.1,
+    ks: tuple[int, ...] = KnnConfig.k,
+    temperature: float = KnnConfig.temperature,
 ) -> dict[int, float]:
     """Top-1 accuracy (percent) of :func:`knn_predict` for each k."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -53,3 +63,43 @@ def knn_accuracy(
         scores = knn_predict(train_features, train_labels, test_features, k, temperature, num_classes)
         accuracy[k] = 100.0 * (scores.argmax(dim=1) == test_labels).float().mean().item()
     return accuracy
+
+
+def knn_eval(
+    backbones: dict[str, nn.Module],
+    bank: ImageSource,
+    queries: ImageSource,
+    transform: Callable,
+    ks: tuple[int, ...],
+    temperature: float,
+    batch_size: int,
+    device: torch.device,
+    workers: int,
+) -> dict[str, dict[int, float]]:
+    """kNN top-1 (percent) per k of each named backbone; the bank is labelled training data."""
+    results = {}
+    for name, backbone in backbones.items():
+        train = extract(
+            backbone, batches(bank, transform, batch_size, workers, device), device, progress=f"{name}: bank"
+        )
+        if (train.labels < 0).all():
+            raise BarlowTwinsError("kNN needs labels in the training data (its bank); this data has none")
+        test = extract(backbone, batches(queries, transform, batch_size, workers, device), device, progress=name)
+        results[name] = knn_accuracy(train.features, train.labels, test.features, test.labels, ks, temperature)
+    return results
+
+
+def run(inputs: EvalInputs, settings: KnnConfig) -> Path:
+    """The kNN protocol through the harness: the weights beside their random-init floor -> JSON report."""
+    from barlowtwins.evaluate.harness import prepare
+
+    e = prepare(inputs, "knn")
+    backbones = {name: subject.backbone for name, subject in e.subjects.items()}
+    ks, temperature = settings.k, settings.temperature
+    accuracy = knn_eval(
+        backbones, e.train, e.test, e.images.transform(), ks, temperature, settings.batch_size, e.device, e.workers
+    )
+    for k in ks:
+        e.log(f"kNN top-1 (k={k}, T={temperature}): " + "  ".join(f"{n} {a[k]:.2f}%" for n, a in accuracy.items()))
+    results = {name: {"top1": {str(k): v for k, v in accs.items()}} for name, accs in accuracy.items()}
+    return e.write("weighted kNN on L2-normalised frozen backbone features", settings, results)

@@ -8,48 +8,39 @@ Two modes, recorded with every number:
   linear layer on them, seconds per epoch on a CPU; it lacks the crop/flip augmentation and usually lands
   a little below the augmented number.
 
-Both test on the resize + centre crop of B.1 (256 -> 224, i.e. a resize to ``image_size * 256/224``).
-The pieces are pure functions on tensors so that :mod:`barlowtwins.evaluate.transfer` reuses them.
+Both test on the resize + centre crop of B.1. The learning-rate schedules are torch's own, stepped per epoch.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from torchvision import transforms as T
 
-from barlowtwins.augment import eval_transform
-from barlowtwins.data import ImageSource, evaluation_loader, sample_index, training_batches
+from barlowtwins.config import EvalInputs, LinearConfig
+from barlowtwins.data import ImageSource, batches, sample_index, training_batches
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.evaluate.features import extract_features
+from barlowtwins.evaluate.features import extract
+from barlowtwins.evaluate.harness import Evaluation, prepare, summary
 
-EPOCHS = 100  # B.1: the linear classifier is trained for 100 epochs
-LR = 0.3  # B.1: learning rate 0.3 ...
-MOMENTUM = 0.9  # B.1: SGD with momentum (0.9 in the official evaluate.py)
-WEIGHT_DECAY = 1e-6  # B.1: weight decay 10^-6
-BATCH_SIZE = 256  # B.1: batch size 256
-CROP_SCALE = (0.08, 1.0)  # B.1 "random crop": torchvision's RandomResizedCrop default, as the official code
-RESIZE_RATIO = 256 / 224  # B.1 test time: resize to 256, centre-crop 224 (32 px: resize 37, crop 32)
 INIT_STD = 0.01  # official evaluate.py: classifier weight ~ N(0, 0.01), bias 0
 MODES = ("fast", "augmented")
-MEMORY_FORMAT = torch.channels_last  # faster convolutions on CPUs and GPUs alike (~25% on a 2-core CPU), as pretraining
+Schedule = Callable[[torch.optim.Optimizer, int], LRScheduler]  # (optimizer, epochs) -> a per-epoch scheduler
 
 
-def cosine_factor(epoch: int, epochs: int) -> float:
-    """B.1's cosine schedule, stepped once per epoch (``CosineAnnealingLR(T_max=epochs)``): 1 at epoch 0."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+def cosine(optimizer: torch.optim.Optimizer, epochs: int) -> LRScheduler:
+    """B.1's cosine schedule, stepped once per epoch."""
+    return CosineAnnealingLR(optimizer, T_max=epochs)
 
 
 def train_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop_scale: tuple[float, float] = CROP_SCALE,
+    image_size: int, mean: Sequence[float], std: Sequence[float], crop_scale: tuple[float, float]
 ) -> T.Compose:
     """B.1's training augmentation: random resized crop to ``image_size`` and a horizontal flip."""
     return T.Compose(
@@ -91,58 +82,35 @@ def check_labels(labels: torch.Tensor, what: str) -> None:
         raise BarlowTwinsError(f"{what} must be labelled for this protocol; some samples have no label")
 
 
-def frozen_features(
-    backbone: nn.Module,
-    source: ImageSource,
-    transform: Callable,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    progress: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (eval-mode backbone, float32 on CPU) and labels of one ordered pass over ``source``."""
-    if source.shards is not None:  # a worker without a shard fails in WebDataset: at most one per shard
-        workers = min(workers, len(source.shards))
-    loader = evaluation_loader(source, transform, batch_size, workers, device)
-    backbone = backbone.to(device, memory_format=MEMORY_FORMAT)
-    return extract_features(backbone, loader, device, channels_last=True, progress=progress)
-
-
 def train_on_features(
     features: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    epochs: int = EPOCHS,
-    lr: float = LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    batch_size: int = BATCH_SIZE,
+    epochs: int = LinearConfig.epochs,
+    lr: float = LinearConfig.lr,
+    momentum: float = LinearConfig.momentum,
+    weight_decay: float = LinearConfig.weight_decay,
+    batch_size: int = LinearConfig.batch_size,
     seed: int = 0,
-    lr_factor: Callable[[int, int], float] = cosine_factor,
+    schedule: Schedule = cosine,
     feature_bn: bool = False,
 ) -> tuple[nn.Sequential, list[dict]]:
     """Train a linear layer with SGD on fixed features (fast mode, and transfer C.1); returns it and a log.
 
     Minimises the mean cross-entropy, with ``weight_decay`` on all parameters as torch's SGD applies it;
-    the learning rate of epoch e is ``lr * lr_factor(e, epochs)``. Reshuffled every epoch from ``seed``.
+    the learning rate follows ``schedule``, stepped per epoch. Reshuffled every epoch from ``seed``.
     """
     check_labels(labels, "the training data")
     classifier = new_classifier(features.shape[1], num_classes, seed, feature_bn).train()
     optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = schedule(optimizer, epochs)
     history = []
     for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(epoch, epochs)
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed + epoch))
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            loss = F.cross_entropy(classifier(features[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": total / len(order)})
+        epoch_batches = ((features[b], labels[b], None) for b in order.split(batch_size))
+        loss, _ = cross_entropy_epoch(classifier, epoch_batches, optimizer, torch.device("cpu"), "the training data")
+        history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss})
+        scheduler.step()
     return classifier.eval(), history
 
 
@@ -153,15 +121,14 @@ def cross_entropy_epoch(
     device: torch.device,
     what: str,
 ) -> tuple[float, float]:
-    """One pass of SGD on the cross-entropy of ``model(images)``; returns (mean loss, train top-1 %).
-
-    Shared by the linear probe with augmentation (B.1) and semi-supervised fine-tuning (B.2).
-    """
+    """One pass of SGD on the cross-entropy of ``model(inputs)`` over ``(inputs, labels, ids)`` batches;
+    returns (mean loss, train top-1 %). Shared by the probes (B.1, C.1) and fine-tuning (B.2)."""
     total, correct, seen = 0.0, 0, 0
-    for images, targets in batches:
-        images, targets = images.to(device, memory_format=MEMORY_FORMAT), torch.as_tensor(targets).to(device)
+    for inputs, targets, _ in batches:
+        memory_format = torch.channels_last if inputs.dim() == 4 else torch.contiguous_format
+        inputs, targets = inputs.to(device, memory_format=memory_format), torch.as_tensor(targets).to(device)
         check_labels(targets, what)
-        logits = model(images)
+        logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,127 +145,117 @@ def train_augmented(
     num_classes: int,
     source: ImageSource,
     transform: Callable,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    batch_size: int,
+    settings: LinearConfig,
     seed: int,
     device: torch.device,
     workers: int,
-    lr_factor: Callable[[int, int], float] = cosine_factor,
-    feature_bn: bool = False,
     log: Callable[[dict], None] | None = None,
 ) -> tuple[nn.Sequential, list[dict]]:
     """B.1 as written: every step augments a batch and runs it through the frozen backbone (eval mode).
 
     An epoch is ``len(source) // batch_size`` steps of a fresh seeded permutation (shards: shuffled stream).
     """
-    steps_per_epoch = source.num_samples // batch_size
+    steps_per_epoch = source.num_samples // settings.batch_size
     if steps_per_epoch == 0:
-        raise BarlowTwinsError(f"batch size {batch_size} exceeds the {source.num_samples} training samples")
-    backbone = backbone.to(device, memory_format=MEMORY_FORMAT).eval()
+        raise BarlowTwinsError(f"batch size {settings.batch_size} exceeds the {source.num_samples} training samples")
+    backbone = backbone.to(device, memory_format=torch.channels_last).eval()
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
-    classifier = new_classifier(feature_dim, num_classes, seed, feature_bn).to(device).train()
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    classifier = new_classifier(feature_dim, num_classes, seed, settings.feature_bn).to(device).train()
+    optimizer = torch.optim.SGD(
+        classifier.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    scheduler = cosine(optimizer, settings.epochs)
     torch.manual_seed(seed)  # the augmentations of the main process (workers are seeded by the loader)
-    batches = training_batches(source, transform, batch_size, workers, seed, device)
+    stream = training_batches(source, transform, settings.batch_size, workers, seed, device)
+
+    def frozen_then_linear(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = backbone(images)
+        return classifier(features)
+
     history = []
-    for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(epoch, epochs)
-
-        def frozen_then_linear(images: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                features = backbone(images)
-            return classifier(features)
-
-        loss, top1 = cross_entropy_epoch(
-            frozen_then_linear, itertools.islice(batches, steps_per_epoch), optimizer, device, "the training data"
-        )
+    for epoch in range(settings.epochs):
+        epoch_batches = itertools.islice(stream, steps_per_epoch)
+        loss, top1 = cross_entropy_epoch(frozen_then_linear, epoch_batches, optimizer, device, "the training data")
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss, "train_top1": top1}
         history.append(record)
+        scheduler.step()
         if log is not None:
             log(record)
     return classifier.cpu().eval(), history
 
 
-def linear_eval(
-    backbones: dict[str, tuple[nn.Module, int]],
-    train_source: ImageSource,
-    test_source: ImageSource,
-    mode: str = "fast",
-    image_size: int = 224,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
-    resize_ratio: float = RESIZE_RATIO,
-    crop_scale: tuple[float, float] = CROP_SCALE,
-    epochs: int = EPOCHS,
-    lr: float = LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    batch_size: int = BATCH_SIZE,
-    seed: int = 0,
-    device: torch.device | None = None,
-    workers: int = 0,
-    feature_bn: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict[str, dict]:
-    """Linear evaluation of each named ``(backbone, feature_dim)``: top-1/top-5 on the test data and the log.
-
-    ``mode`` is ``"fast"`` (features extracted once, no augmentation) or ``"augmented"`` (B.1).
-    """
-    if mode not in MODES:
-        raise BarlowTwinsError(f"linear evaluation mode must be one of {', '.join(MODES)}, got '{mode}'")
-    device = device or torch.device("cpu")
-    test_tf = eval_transform(image_size, tuple(mean), tuple(std), resize_ratio)
+def linear_eval(e: Evaluation, settings: LinearConfig) -> dict[str, dict]:
+    """Linear evaluation of each subject: top-1/top-5 on the test data and the training log."""
+    if settings.mode not in MODES:
+        raise BarlowTwinsError(f"linear evaluation mode must be one of {', '.join(MODES)}, got '{settings.mode}'")
+    s, test_tf = settings, e.images.transform()
     results = {}
-    for name, (backbone, feature_dim) in backbones.items():
-        test_x, test_y = frozen_features(backbone, test_source, test_tf, batch_size, workers, device, f"{name}: test")
-        check_labels(test_y, "the test data")
-        if mode == "fast":
-            train_x, train_y = frozen_features(
-                backbone, train_source, test_tf, batch_size, workers, device, f"{name}: train"
-            )
-            num_classes = int(max(train_y.max(), test_y.max())) + 1
+    for name, (backbone, feature_dim, _) in e.subjects.items():
+        test = extract(backbone, batches(e.test, test_tf, s.batch_size, e.workers, e.device), e.device, None, name)
+        check_labels(test.labels, "the test data")
+        if s.mode == "fast":
+            loader = batches(e.train, test_tf, s.batch_size, e.workers, e.device)
+            train = extract(backbone, loader, e.device, progress=f"{name}: train")
+            num_classes = int(max(train.labels.max(), test.labels.max())) + 1
             classifier, history = train_on_features(
-                train_x,
-                train_y,
+                train.features,
+                train.labels,
                 num_classes,
-                epochs,
-                lr,
-                momentum,
-                weight_decay,
-                batch_size,
-                seed,
-                feature_bn=feature_bn,
+                s.epochs,
+                s.lr,
+                s.momentum,
+                s.weight_decay,
+                s.batch_size,
+                e.inputs.seed,
+                feature_bn=s.feature_bn,
             )
         else:
-            train_y = torch.as_tensor(sample_index(train_source)[1])  # labels without decoding images
-            check_labels(train_y, "the training data")
-            num_classes = int(max(train_y.max(), test_y.max())) + 1
+            train_labels = torch.as_tensor(sample_index(e.train)[1])  # labels without decoding images
+            check_labels(train_labels, "the training data")
+            num_classes = int(max(train_labels.max(), test.labels.max())) + 1
+            transform = train_transform(e.images.image_size, e.images.mean, e.images.std, s.crop_scale)
             classifier, history = train_augmented(
                 backbone,
                 feature_dim,
                 num_classes,
-                train_source,
-                train_transform(image_size, mean, std, crop_scale),
-                epochs,
-                lr,
-                momentum,
-                weight_decay,
-                batch_size,
-                seed,
-                device,
-                workers,
-                feature_bn=feature_bn,
-                log=lambda r, name=name: log(
-                    f"{name}: epoch {r['epoch']}/{epochs} loss {r['loss']:.4f} train top-1 {r['train_top1']:.2f}%"
+                e.train,
+                transform,
+                s,
+                e.inputs.seed,
+                e.device,
+                e.workers,
+                log=lambda r, name=name: e.log(
+                    f"{name}: epoch {r['epoch']}/{s.epochs} loss {r['loss']:.4f} train top-1 {r['train_top1']:.2f}%"
                 ),
             )
         with torch.no_grad():
-            accuracy = topk_accuracy(classifier(test_x), test_y)
+            accuracy = topk_accuracy(classifier(test.features), test.labels)
         results[name] = {**accuracy, "history": history}
-        log(f"{name}: linear ({mode}) top-1 {accuracy['top1']:.2f}%  top-5 {accuracy['top5']:.2f}%")
+        e.log(f"{name}: linear ({s.mode}) top-1 {accuracy['top1']:.2f}%  top-5 {accuracy['top5']:.2f}%")
     return results
+
+
+MODE_DESCRIPTIONS = {
+    "fast": "frozen features extracted once (centre crop, no augmentation), linear layer trained on them",
+    "augmented": "random resized crop + flip every batch through the frozen backbone (B.1)",
+}
+
+
+def run(inputs: EvalInputs, settings: LinearConfig) -> Path:
+    """The linear protocol through the harness -> ``eval/linear-<mode>.json``."""
+    e = prepare(inputs, f"linear-{settings.mode}")
+    e.log(
+        f"linear evaluation (B.1, {settings.mode} mode) of {', '.join(e.subjects)}; "
+        f"train {e.train.description}; test {e.test.description}"
+    )
+    results = linear_eval(e, settings)
+    e.log(f"linear ({settings.mode}) " + summary(results, ("top1", "top5")))
+    return e.write(
+        "linear evaluation (appendix B.1)",
+        settings,
+        results,
+        mode=settings.mode,
+        mode_description=MODE_DESCRIPTIONS[settings.mode],
+    )

@@ -22,29 +22,27 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import LinearSVC
+from torch.optim.lr_scheduler import MultiStepLR
 
+from barlowtwins.config import EvalInputs, TransferConfig
+from barlowtwins.data import batches
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.evaluate.linear import topk_accuracy, train_on_features
+from barlowtwins.evaluate.features import Features, extract
+from barlowtwins.evaluate.harness import Evaluation, prepare
+from barlowtwins.evaluate.linear import check_labels, topk_accuracy, train_on_features
+from barlowtwins.evaluate.subsets import match_ids
 
-EPOCHS = 14  # C.1: 14 epochs on Places-205 (84 on iNaturalist2018)
-LR = 0.01  # C.1: learning rate 0.01 ...
-DROPS = 2  # C.1: ... reduced by a factor of 10 at two equally spaced intervals
-GAMMA = 0.1  # C.1: the factor of each reduction
-WEIGHT_DECAY = 5e-4  # C.1: weight decay 5x10^-4
-MOMENTUM = 0.9  # C.1: SGD momentum 0.9
-BATCH_SIZE = 256  # not in C.1; B.1's batch size
-SVM_COSTS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # Goyal et al. (2019) VOC07 grid, trimmed of 1e-7..1e-5
-SVM_FOLDS = 3  # Goyal et al. (2019): 3-fold cross-validation of C
 SVM_POSITIVE_WEIGHT = 2.0  # Goyal et al. (2019): class_weight {positive: 2, negative: 1}
 SVM_MAX_ITER = 2000  # Goyal et al. (2019): LinearSVC max_iter
 CLASSIFIERS = ("linear", "svm")
+T = TransferConfig
 
 
-def drop_factor(epoch: int, epochs: int, drops: int = DROPS, gamma: float = GAMMA) -> float:
-    """Learning-rate factor of (0-based) ``epoch``: ``gamma`` per passed milestone, the milestones splitting
-    the run into ``drops + 1`` equal parts (14 epochs: x0.1 from epoch 5, x0.01 from epoch 9, 0-based)."""
+def drops_at(optimizer: torch.optim.Optimizer, epochs: int, drops: int = T.drops, gamma: float = T.gamma):
+    """C.1's schedule: ``gamma`` at ``drops`` milestones splitting the run into equal parts (14 epochs: x0.1
+    from epoch 5, x0.01 from epoch 9, 0-based), as torch's ``MultiStepLR``."""
     milestones = [round(epochs * i / (drops + 1)) for i in range(1, drops + 1)]
-    return gamma ** sum(epoch >= m for m in milestones)
+    return MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
 
 
 def one_vs_rest(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -55,8 +53,8 @@ def one_vs_rest(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def choose_cost(
     features: np.ndarray,
     targets: np.ndarray,
-    costs: Sequence[float] = SVM_COSTS,
-    folds: int = SVM_FOLDS,
+    costs: Sequence[float] = T.svm_costs,
+    folds: int = T.svm_folds,
     seed: int = 0,
 ) -> tuple[float, list[float]]:
     """The cost C with the best mean k-fold average precision for one binary (0/1) target, and all means.
@@ -89,8 +87,8 @@ def svm_eval(
     train_y: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
-    costs: Sequence[float] = SVM_COSTS,
-    folds: int = SVM_FOLDS,
+    costs: Sequence[float] = T.svm_costs,
+    folds: int = T.svm_folds,
     seed: int = 0,
 ) -> dict:
     """Per-class linear SVMs with cross-validated C (VOC07 protocol); ``*_y`` ints (N,) or matrices (N, C).
@@ -137,30 +135,24 @@ def linear_transfer(
     train_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
-    epochs: int = EPOCHS,
-    lr: float = LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    batch_size: int = BATCH_SIZE,
-    drops: int = DROPS,
-    gamma: float = GAMMA,
+    settings: TransferConfig,
     seed: int = 0,
-    feature_bn: bool = False,
 ) -> dict:
     """C.1's SGD linear classifier on fixed features: top-1/top-5 on the test features and the log."""
+    s = settings
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     classifier, history = train_on_features(
         train_x,
         train_y,
         num_classes,
-        epochs,
-        lr,
-        momentum,
-        weight_decay,
-        batch_size,
+        s.epochs,
+        s.lr,
+        s.momentum,
+        s.weight_decay,
+        s.batch_size,
         seed,
-        lr_factor=lambda epoch, total: drop_factor(epoch, total, drops, gamma),
-        feature_bn=feature_bn,
+        schedule=lambda optimizer, epochs: drops_at(optimizer, epochs, s.drops, s.gamma),
+        feature_bn=s.feature_bn,
     )
     with torch.no_grad():
         return {**topk_accuracy(classifier(test_x), test_y), "history": history}
@@ -181,3 +173,64 @@ def read_multilabel_file(path: str | Path) -> tuple[list[str], np.ndarray]:
     if not np.isin(matrix, (-1, 0, 1)).all():
         raise BarlowTwinsError(f"{path}: target values must be 1, 0 or -1")
     return [parts[0] for parts in lines], matrix
+
+
+def _targets(path: str | None, features: Features, what: str) -> np.ndarray:
+    """Multi-label rows of the file at ``path`` in the order of the extracted samples, else the single labels."""
+    if path is None:
+        check_labels(features.labels, what)
+        return features.labels.numpy()
+    listed, matrix = read_multilabel_file(path)
+    return matrix[match_ids(features.ids, listed, path)]  # for each sample, its row in the file
+
+
+def _evaluate_subject(e: Evaluation, name: str, backbone, settings: TransferConfig, label_files) -> dict:
+    s, transform = settings, e.images.transform()
+    train = extract(backbone, batches(e.train, transform, s.batch_size, e.workers, e.device), e.device, None, name)
+    test = extract(backbone, batches(e.test, transform, s.batch_size, e.workers, e.device), e.device, None, name)
+    result = {}
+    if "linear" in s.classifiers:
+        check_labels(train.labels, "--train-data")
+        check_labels(test.labels, "--test-data")
+        result["linear"] = r = linear_transfer(
+            train.features, train.labels, test.features, test.labels, s, e.inputs.seed
+        )
+        e.log(f"{name}: linear top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%")
+    if "svm" in s.classifiers:
+        train_y = _targets(label_files[0], train, "--train-data")
+        test_y = _targets(label_files[1], test, "--test-data")
+        r = svm_eval(
+            train.features.numpy(), train_y, test.features.numpy(), test_y, s.svm_costs, s.svm_folds, e.inputs.seed
+        )
+        result["svm"] = r
+        e.log(f"{name}: SVM mAP {r['mAP']:.2f}" + (f"  top-1 {r['top1']:.2f}%" if "top1" in r else ""))
+        edge = sum(c in (min(s.svm_costs), max(s.svm_costs)) for c in r["C"])
+        if edge:
+            e.log(f"{name}: note: C is at an end of --svm-costs for {edge} of {len(r['C'])} classes; widen the grid")
+    return result
+
+
+def run(
+    inputs: EvalInputs, settings: TransferConfig, train_labels: str | None = None, test_labels: str | None = None
+) -> Path:
+    """Transfer (C.1) through the harness -> ``eval/transfer.json``; label files make the SVMs multi-label."""
+    if bool(train_labels) != bool(test_labels):
+        raise BarlowTwinsError("multi-label targets need both --train-labels and --test-labels")
+    if train_labels and "linear" in settings.classifiers:
+        raise BarlowTwinsError("the softmax linear classifier is single-label; with label files use --classifier svm")
+    e = prepare(inputs, "transfer")
+    e.log(
+        f"transfer (C.1: {', '.join(settings.classifiers)}) of {', '.join(e.subjects)}; "
+        f"train {e.train.description}; test {e.test.description}"
+    )
+    results = {
+        name: _evaluate_subject(e, name, subject.backbone, settings, (train_labels, test_labels))
+        for name, subject in e.subjects.items()
+    }
+    return e.write(
+        "transfer by linear evaluation (appendix C.1)",
+        settings,
+        results,
+        mode="frozen features extracted once (resize + centre crop, no augmentation)",
+        multilabel_files=[train_labels, test_labels] if train_labels else None,
+    )

@@ -23,11 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from barlowtwins.config import FORMULATIONS, LossConfig
 from barlowtwins.distributed import all_gather_cat, all_reduce_sum, is_distributed
 
-DEFAULT_LAMBDA = 0.0051  # official code; the paper rounds it to 5e-3 (§2.2)
 BATCH_NORM_EPS = 1e-5  # the official code standardises with BatchNorm1d(affine=False), whose eps this is
-FORMULATIONS = ("auto", "cross", "gram")
 
 
 class LossTerms(NamedTuple):
@@ -85,8 +84,8 @@ def _check_inputs(z_a: torch.Tensor, z_b: torch.Tensor) -> None:
 def barlow_twins_terms(
     z_a: torch.Tensor,
     z_b: torch.Tensor,
-    lambd: float = DEFAULT_LAMBDA,
-    formulation: str = "auto",
+    lambd: float = LossConfig.lambd,
+    formulation: str = LossConfig.formulation,
     eps: float = BATCH_NORM_EPS,
 ) -> LossTerms:
     """Loss, terms and diagnostics for projector outputs ``z_a``, ``z_b`` of shape (N, D).
@@ -139,8 +138,8 @@ def barlow_twins_terms(
 def barlow_twins_loss(
     z_a: torch.Tensor,
     z_b: torch.Tensor,
-    lambd: float = DEFAULT_LAMBDA,
-    formulation: str = "auto",
+    lambd: float = LossConfig.lambd,
+    formulation: str = LossConfig.formulation,
     eps: float = BATCH_NORM_EPS,
 ) -> torch.Tensor:
     """The scalar Barlow Twins loss (eq. 1) of projector outputs ``z_a``, ``z_b`` of shape (N, D)."""
@@ -150,7 +149,12 @@ def barlow_twins_loss(
 class BarlowTwinsLoss(nn.Module):
     """``nn.Module`` form of :func:`barlow_twins_loss`; ``terms()`` also returns the diagnostics."""
 
-    def __init__(self, lambd: float = DEFAULT_LAMBDA, formulation: str = "auto", eps: float = BATCH_NORM_EPS):
+    def __init__(
+        self,
+        lambd: float = LossConfig.lambd,
+        formulation: str = LossConfig.formulation,
+        eps: float = BATCH_NORM_EPS,
+    ):
         super().__init__()
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got '{formulation}'")

@@ -1,4 +1,4 @@
-"""The two asymmetric distorted views of paper §2.2 (BYOL's augmentation parameters).
+"""The two asymmetric distorted views of paper §2.2 (BYOL's augmentation parameters), and the test-time view.
 
 Both views: random resized crop (bicubic), horizontal flip, colour jitter, grayscale. Gaussian blur and
 solarization have different probabilities per view (blur 1.0 / 0.1, solarization 0.0 / 0.2). An
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from barlowtwins.config import AugmentConfig, EvalInputs
+
+A = AugmentConfig  # every default below is the config's own
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -25,16 +26,16 @@ def blur_kernel_size(image_size: int) -> int:
 
 def view_transform(
     image_size: int,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    flip_p: float = 0.5,
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-    jitter_p: float = 0.8,
-    grayscale_p: float = 0.2,
-    blur_p: float = 1.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    solarize_p: float = 0.0,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    crop_scale: tuple[float, float] = A.crop_scale,
+    flip_p: float = A.flip_p,
+    jitter: tuple[float, float, float, float] = A.jitter,
+    jitter_p: float = A.jitter_p,
+    grayscale_p: float = A.grayscale_p,
+    blur_p: float = A.blur_p[0],
+    blur_sigma: tuple[float, float] = A.blur_sigma,
+    solarize_p: float = A.solarize_p[0],
+    mean: tuple[float, float, float] = A.mean,
+    std: tuple[float, float, float] = A.std,
 ) -> T.Compose:
     """One view's pipeline: PIL image in, normalised float tensor (3, image_size, image_size) out."""
     ops: list[Callable] = [T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
@@ -69,16 +70,16 @@ class TwoViews:
 
 def two_views(
     image_size: int,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    flip_p: float = 0.5,
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-    jitter_p: float = 0.8,
-    grayscale_p: float = 0.2,
-    blur_p: tuple[float, float] = (1.0, 0.1),
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    solarize_p: tuple[float, float] = (0.0, 0.2),
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    crop_scale: tuple[float, float] = A.crop_scale,
+    flip_p: float = A.flip_p,
+    jitter: tuple[float, float, float, float] = A.jitter,
+    jitter_p: float = A.jitter_p,
+    grayscale_p: float = A.grayscale_p,
+    blur_p: tuple[float, float] = A.blur_p,
+    blur_sigma: tuple[float, float] = A.blur_sigma,
+    solarize_p: tuple[float, float] = A.solarize_p,
+    mean: tuple[float, float, float] = A.mean,
+    std: tuple[float, float, float] = A.std,
 ) -> TwoViews:
     """The paper's asymmetric pair: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
     shared = dict(
@@ -100,9 +101,9 @@ def two_views(
 
 def eval_transform(
     image_size: int,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    resize_ratio: float = 256 / 224,
+    mean: tuple[float, float, float] = A.mean,
+    std: tuple[float, float, float] = A.std,
+    resize_ratio: float = EvalInputs.resize_ratio,
 ) -> T.Compose:
     """Deterministic test-time transform of appendix B.1: resize to 256/224 of the size, centre crop."""
     return T.Compose(

@@ -1,0 +1,208 @@
+"""The one loader path: every batch is ``(images, labels, ids)``, for training and evaluation alike.
+
+Map-style samples go through :class:`Transformed` (seeded per sample while training, so a resumed run
+sees exactly the views it would have); shards go through one WebDataset pipeline whose only stage is
+:func:`barlowtwins.data.shards.decode_sample` followed by the transform.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from barlowtwins import distributed
+from barlowtwins.data.shards import decode_sample
+from barlowtwins.data.sources import ImageSource, Samples
+from barlowtwins.errors import BarlowTwinsError
+
+
+class Transformed(Dataset):
+    """``(transform(image), label, id)`` of each sample. Items are indices, or ``(index, seed)`` pairs:
+    then the random transform runs under that seed, so views depend on the seed alone, not on the worker."""
+
+    def __init__(self, samples: Samples, transform: Callable):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        if isinstance(item, tuple):
+            index, seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self[index]
+        image, label, sample_id = self.samples[item]
+        return self.transform(image), label, sample_id
+
+
+class _DecodeTransform:
+    """WebDataset stage: raw sample -> ``(transform(image), label, key)``; a class so workers can pickle it."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, sample: dict):
+        image, label, key = decode_sample(sample)
+        return self.transform(image), label, key
+
+
+class ShardedEpochSampler(torch.utils.data.Sampler):
+    """This process's share of a seeded permutation per epoch, equal across processes, resumable mid-epoch.
+
+    Yields ``(index, augmentation seed)`` pairs for :class:`Transformed`.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = distributed.rank()
+        self.world = distributed.world_size()
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = epoch
+        self.skip_batches = skip_batches
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        per_process = self.num_samples // self.world // self.batch_size * self.batch_size
+        mine = order[self.rank :: self.world][:per_process]
+        return mine[self.skip_batches * self.batch_size :]
+
+    def sample_seed(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(index, self.sample_seed(index)) for index in self._indices()])
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+def resolve_workers(requested: int) -> int:
+    """``-1``: one worker process per CPU core, at most 8."""
+    return min(8, os.cpu_count() or 1) if requested < 0 else requested
+
+
+def _worker_seed(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader(dataset, workers: int, device: torch.device, **kwargs) -> DataLoader:
+    return DataLoader(
+        dataset,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_seed,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        **kwargs,
+    )
+
+
+def _shard_stream(
+    shards: list[str], transform: Callable, batch_size: int, workers: int, device: torch.device, *, training: bool,
+    seed: int = 0, shuffle_buffer: int = 0,
+) -> DataLoader:
+    """One pass over the shards, split by worker (and by process while training), in batches."""
+    pipeline = wds.WebDataset(
+        shards,
+        shardshuffle=False,
+        nodesplitter=wds.split_by_node if training else None,
+        workersplitter=wds.split_by_worker,
+        empty_check=not training,
+    )
+    if shuffle_buffer:
+        pipeline = pipeline.shuffle(shuffle_buffer, seed=seed)
+    pipeline = pipeline.map(_DecodeTransform(transform)).batched(
+        batch_size, collation_fn=default_collate, partial=not training
+    )
+    if not training:
+        workers = min(workers, len(shards))  # a worker without a shard fails inside WebDataset
+    return _loader(pipeline, workers, device, batch_size=None)
+
+
+def batches(
+    source: ImageSource,
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    shuffle_seed: int | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """One pass over every sample: in order, or (map-style only) in an order seeded by ``shuffle_seed``.
+
+    With several workers, shard batches arrive interleaved across workers: use the ids, not the position.
+    """
+    if source.samples is None:
+        if shuffle_seed is not None:
+            raise BarlowTwinsError("shuffled passes need map-style data; select the samples into memory first")
+        return _shard_stream(source.shards, transform, batch_size, workers, device, training=False)
+    generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    return _loader(
+        Transformed(source.samples, transform),
+        workers,
+        device,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        drop_last=drop_last,
+    )
+
+
+def training_batches(
+    source: ImageSource,
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: torch.device,
+    start_epoch: int = 0,
+    skip_batches: int = 0,
+    shuffle_buffer: int = 2000,
+) -> Iterator:
+    """Endless stream of this process's training batches; the caller takes ``steps_per_epoch`` per epoch.
+
+    Map-style data: a seeded permutation per epoch, resumable at an exact batch. Shards: a fresh
+    shard order per pass (the same on every process), split by process and by worker, shuffled in a
+    buffer; resuming reseeds the stream rather than replaying it.
+    """
+    if source.samples is not None:
+        sampler = ShardedEpochSampler(len(source.samples), batch_size, seed)
+        dataset = Transformed(source.samples, transform)
+        loader = _loader(dataset, workers, device, batch_size=batch_size, sampler=sampler, drop_last=True)
+        for epoch in itertools.count(start_epoch):
+            sampler.set_epoch(epoch, skip_batches if epoch == start_epoch else 0)
+            yield from loader
+        return
+    if len(source.shards) < distributed.world_size():  # a process without shards would wait forever
+        raise BarlowTwinsError(
+            f"{len(source.shards)} shards cannot be split over {distributed.world_size()} processes; "
+            "write at least one shard per process (better: several per data-loading worker)"
+        )
+    for pass_index in itertools.count():
+        order = list(source.shards)
+        random.Random(seed + 1000 * start_epoch + skip_batches + pass_index).shuffle(order)
+        yield from _shard_stream(
+            order, transform, batch_size, workers, device, training=True, seed=seed + pass_index,
+            shuffle_buffer=shuffle_buffer,
+        )

@@ -1,0 +1,79 @@
+"""Backbones: name -> (module without classifier, feature width, parameter names kept out of weight decay).
+
+Paper §2.2 uses a ResNet-50 without its classifier. Every builder returns a :class:`Backbone`, so the
+optimiser never needs to know an architecture: it excludes exactly the names the builder lists (for
+ResNets the 1-D parameters, i.e. biases and batch-norm weights, as the official code).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import nn
+
+from barlowtwins.errors import BarlowTwinsError
+
+# Architectures whose classifier is ``fc`` and whose stem is conv1 + maxpool; all take zero_init_residual.
+RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
+
+
+class Backbone(NamedTuple):
+    module: nn.Module  # maps images (N, 3, H, W) to features (N, dim)
+    dim: int
+    no_decay: frozenset[str]  # parameter names excluded from weight decay and LARS adaptation
+
+
+def one_d_parameter_names(module: nn.Module) -> frozenset[str]:
+    """Names of the 1-D parameters (biases, norm-layer weights): the official code's exclusion rule."""
+    return frozenset(name for name, param in module.named_parameters() if param.ndim <= 1)
+
+
+def build_backbone(arch: str, small_stem: bool = False) -> Backbone:
+    """A randomly initialised torchvision ResNet with ``fc`` replaced by identity.
+
+    ``zero_init_residual=True`` as the official code. ``small_stem`` swaps the 7x7 stride-2 conv and the
+    max-pool for a 3x3 stride-1 conv, the usual stem for 32-96 px images. Parameter names stay those of
+    torchvision, so the exported state_dict loads into ``torchvision.models.<arch>()``.
+    """
+    if arch not in RESNETS:
+        raise BarlowTwinsError(f"unknown architecture '{arch}'; choose one of {', '.join(RESNETS)}")
+    backbone = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
+    if small_stem:
+        apply_small_stem(backbone)
+    feature_dim = backbone.fc.in_features
+    backbone.fc = nn.Identity()
+    return Backbone(backbone, feature_dim, one_d_parameter_names(backbone))
+
+
+def initial_backbone(arch: str, small_stem: bool, seed: int) -> Backbone:
+    """The backbone a run with ``seed`` starts from: the pretraining loop builds it first, from this seed, so
+    evaluation can rebuild a run's own random initialisation as its floor."""
+    torch.manual_seed(seed)
+    return build_backbone(arch, small_stem)
+
+
+def apply_small_stem(resnet: nn.Module) -> None:
+    """Replace a torchvision ResNet's stem in place by a 3x3 stride-1 conv and no max-pool."""
+    resnet.conv1 = nn.Conv2d(3, resnet.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
+    resnet.maxpool = nn.Identity()
+
+
+def torchvision_model(arch: str, small_stem: bool = False, num_classes: int = 1000) -> nn.Module:
+    """The plain torchvision model an exported backbone loads into (with our stem if it used one)."""
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if small_stem:
+        apply_small_stem(model)
+    return model

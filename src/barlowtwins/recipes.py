@@ -1,0 +1,165 @@
+"""Named recipes, command-line overrides and type checks: from YAML and ``--set`` to one frozen config.
+
+Defaults live in :mod:`barlowtwins.config`; a recipe (``recipes/<name>.yaml``) holds only the values that
+differ; overrides (``--set section.key=value`` and the named flags) come last. Unknown keys and values of
+the wrong type are rejected at every level, so a typo cannot be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from barlowtwins.config import RESUMABLE_CHANGES, PretrainConfig, validate
+from barlowtwins.errors import BarlowTwinsError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise a one-line error."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise BarlowTwinsError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise BarlowTwinsError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}: {annotation}")  # none exist; keep it that way
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise BarlowTwinsError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise BarlowTwinsError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise BarlowTwinsError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise BarlowTwinsError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise BarlowTwinsError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise BarlowTwinsError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported annotation for {key}: {annotation}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f" in '{prefix[:-1]}'" if prefix else ""
+        raise BarlowTwinsError(
+            f"unknown config key(s){where}: {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise BarlowTwinsError(f"{prefix}{name}: expected a mapping of keys, got {value!r}")
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A recipe by name (``cifar10``) or a path to a YAML file, as a nested dict."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise BarlowTwinsError(
+            f"no recipe '{name_or_path}'; use one of {', '.join(recipe_names())} or a path to a YAML file"
+        )
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise BarlowTwinsError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def override(key: str, value: Any) -> dict[str, Any]:
+    """``("optim.lr_weights", 0.3)`` -> ``{"optim": {"lr_weights": 0.3}}``."""
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``optim.lr_weights=0.3`` -> ``{"optim": {"lr_weights": 0.3}}`` (the value is parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise BarlowTwinsError(f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3")
+    return override(key, yaml.safe_load(raw) if raw.strip() else "")
+
+
+def make_config(recipe: str | None = None, overrides: list[dict[str, Any]] | None = None) -> PretrainConfig:
+    """Defaults <- recipe <- overrides (in order), validated into a frozen PretrainConfig."""
+    values: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    for override in overrides or []:
+        values = _merge(values, override)
+    return config_from_dict(values)
+
+
+def config_from_dict(values: dict[str, Any]) -> PretrainConfig:
+    config = _build(PretrainConfig, values, "")
+    validate(config)
+    return config
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def incompatible_changes(saved: dict[str, Any], current: PretrainConfig) -> list[str]:
+    """Keys whose values differ between a saved run and the current config and matter for resuming."""
+    old, new = flatten(saved), flatten(current.to_dict())
+    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))

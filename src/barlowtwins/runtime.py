@@ -1,0 +1,90 @@
+"""Where and how a job runs: device, precision, seeding, and the metadata saved beside every result."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from barlowtwins import distributed
+from barlowtwins.errors import BarlowTwinsError
+
+
+def select_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU; otherwise the named device, which must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BarlowTwinsError(f"device '{name}' asked for, but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). 'auto': bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@functools.cache
+def package_version() -> str:
+    try:
+        return metadata.version("barlowtwins")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit the package was loaded from, ``-dirty`` with uncommitted changes; None outside a checkout."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"  # uncommitted changes: the saved config, not the commit, says what ran
+    return commit or None
+
+
+def run_metadata() -> dict[str, Any]:
+    """What produced a result: versions, commit, machine and command line."""
+    return {
+        "barlowtwins_version": package_version(),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.system()}",
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "world_size": distributed.world_size(),
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }

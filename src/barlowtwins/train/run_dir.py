@@ -1,0 +1,118 @@
+"""The run directory: everything needed to trace a result to what produced it, and to resume.
+
+``config.yaml`` (the resolved config), ``meta.json`` (versions, commit, machine, command),
+``metrics.jsonl`` (one line per logged step), ``tensorboard/``, ``checkpoint.pt`` (rewritten atomically)
+and ``loss.png``. Only the main process writes; every process loads the checkpoint to resume.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from barlowtwins import distributed
+from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, atomic_save, atomic_write_text, load_checkpoint
+from barlowtwins.config import PretrainConfig
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.recipes import flatten, incompatible_changes
+from barlowtwins.runtime import package_version, run_metadata
+
+
+class RunDir:
+    """A run directory, used as a context manager around the training loop (closes the logs)."""
+
+    def __init__(self, path: Path, main: bool):
+        self.path = path
+        self.main = main
+        self._metrics = None
+        self._writer = None
+
+    def start(
+        self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    ) -> int:
+        """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its step;
+        else write ``config.yaml`` and ``meta.json`` of a new run and return 0."""
+        if (self.path / CHECKPOINT_NAME).is_file():
+            state = load_checkpoint(self.path)
+            changes = incompatible_changes(state["config"], config)
+            if changes:
+                saved, now = flatten(state["config"]), flatten(config.to_dict())
+                shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changes[:5])
+                raise BarlowTwinsError(
+                    f"{self.path} holds a run with a different configuration ({shown}); "
+                    "use another --out, or the run's own settings to resume it"
+                )
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            if self.main:
+                print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
+            return state["step"]
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
+            atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        distributed.barrier()
+        return 0
+
+    def __enter__(self) -> RunDir:
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._metrics = open(self.path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in __exit__)
+            self._writer = SummaryWriter(str(self.path / "tensorboard"))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.main:
+            self._metrics.close()
+            self._writer.close()
+
+    def log(self, record: dict[str, Any], scalars: Sequence[str]) -> None:
+        """Append ``record`` to metrics.jsonl and its ``scalars`` to TensorBoard (main process only)."""
+        if not self.main:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        for key in scalars:
+            if record.get(key) is not None:
+                self._writer.add_scalar(f"pretrain/{key}", record[key], record["step"])
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        config: PretrainConfig,
+        step: int,
+        steps_per_epoch: int,
+    ) -> None:
+        """Rewrite ``checkpoint.pt`` atomically (main process), then wait for every process."""
+        if self.main:
+            state = {
+                "format": FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": step // steps_per_epoch,
+                "step": step,
+                "config": config.to_dict(),
+                "version": package_version(),
+            }
+            atomic_save(state, self.path / CHECKPOINT_NAME)
+        distributed.barrier()
+
+    def write_json(self, name: str, report: dict[str, Any]) -> None:
+        atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
+
+    def plot(self, terms: Sequence[str], diagnostics: Sequence[str]) -> None:
+        from barlowtwins.plots import plot_metrics
+
+        plot_metrics(self.path / "metrics.jsonl", self.path / "loss.png", terms, diagnostics)
