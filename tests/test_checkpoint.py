@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from barlowtwins import BarlowTwinsError, load_backbone
-from barlowtwins.checkpoint import atomic_save, load_weights_into
+from barlowtwins.atomic import atomic_save
+from barlowtwins.checkpoint import load_weights_into
 from barlowtwins.models.backbones import build_backbone
 
 
@@ -30,7 +31,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 def test_atomic_writes_follow_the_umask(tmp_path):
     import os
 
-    from barlowtwins.checkpoint import atomic_write_text
+    from barlowtwins.atomic import atomic_write_text
 
     previous = os.umask(0o022)
     try:

@@ -1,57 +1,26 @@
-"""Checkpoints: atomic writes, ``weights_only`` loading, backbone export and foreign state_dicts.
+"""Checkpoints: ``weights_only`` loading, backbone export, foreign state_dicts and the projector.
 
 A checkpoint is a plain dict of tensors and Python scalars, so ``torch.load(..., weights_only=True)``
-reads it without unpickling code. Writes go to a temporary file in the same directory, are flushed to
-disk and then renamed over the old file: a crash mid-write leaves the previous checkpoint intact.
+reads it without unpickling code. It is written with :func:`barlowtwins.atomic.atomic_save`: a crash
+mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from barlowtwins.atomic import atomic_save, atomic_write_text
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.models.backbones import build_backbone
 from barlowtwins.models.heads import build_projector
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "barlowtwins-checkpoint/1"
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write(handle)`` to a temporary file beside ``path``, flush it to disk, rename it over
-    ``path``: readers see either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def checkpoint_path(path: str | Path) -> Path:

@@ -19,6 +19,8 @@ from barlowtwins.errors import BarlowTwinsError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalisation: the default, and for weights that carry none
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+VIEWS = ("batched", "pil")
+CACHES = ("auto", "memory", "disk", "off")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 FORMULATIONS = ("auto", "cross", "gram")
 
@@ -33,6 +35,10 @@ class DataConfig:
     eval_limit: int = 0  # use only the first N samples of --eval-data (0: all)
     workers: int = -1  # DataLoader worker processes; -1: one per CPU core, at most 8
     shuffle_buffer: int = 2000  # WebDataset only: samples held for shuffling within a worker
+    views: str = "batched"  # "batched": views of a whole batch on the training device; "pil": per sample in workers
+    cache: str = "auto"  # decoded uint8 images: "memory", "disk" (memory-mapped, once ever), "off", "auto" (by size)
+    cache_dir: str = ""  # where "disk" caches live ("": $BARLOWTWINS_CACHE, else ~/.cache/barlowtwins)
+    stored_size: int = 0  # side of the cached images (shorter side resized, centre crop); 0: augment.image_size
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     channels_last: bool = True  # faster convolutions on GPUs and on CPUs alike
     seed: int = 0
+    time_budget: str = ""  # e.g. "20m", "90s", "1.5h": fit the schedule to the steps that fit ("": the epochs)
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between extra mid-epoch checkpoints (0: at the end of each epoch only)
 
@@ -123,6 +130,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.out",
         "train.device",
         "train.log_every",
+        "train.time_budget",
         "train.checkpoint_every",
         "knn.k",
         "knn.temperature",
@@ -130,6 +138,8 @@ RESUMABLE_CHANGES = frozenset(
         "data.eval",
         "data.eval_limit",
         "data.workers",
+        "data.cache",  # the same pixels, held elsewhere
+        "data.cache_dir",
         "data.root",
         "data.download",
         "data.train",  # the same data may live at another path on another machine
@@ -234,8 +244,17 @@ def validate(config: PretrainConfig) -> None:
         )
     if t.epochs < 1:
         raise BarlowTwinsError(f"train.epochs must be at least 1 (got {t.epochs})")
+    parse_duration(t.time_budget)
     if t.precision not in PRECISIONS:
         raise BarlowTwinsError(f"train.precision must be one of {', '.join(PRECISIONS)} (got '{t.precision}')")
+    d = config.data
+    if d.views not in VIEWS or d.cache not in CACHES:
+        raise BarlowTwinsError(
+            f"data.views must be one of {', '.join(VIEWS)} and data.cache one of {', '.join(CACHES)} "
+            f"(got '{d.views}', '{d.cache}')"
+        )
+    if d.views == "batched" and d.cache == "off":
+        raise BarlowTwinsError("data.views=batched makes views from decoded images: set data.cache, or data.views=pil")
     if o.optimizer not in OPTIMIZERS:
         raise BarlowTwinsError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)} (got '{o.optimizer}')")
     if config.loss.formulation not in FORMULATIONS:
@@ -269,3 +288,18 @@ def parse_projector_spec(spec: str) -> list[int]:
             f"projector spec '{spec}' must be positive layer widths joined by '-', e.g. 8192-8192-8192"
         )
     return widths
+
+
+def parse_duration(text: str) -> float | None:
+    """``"20m"`` -> 1200.0 seconds (units s, m, h; a bare number is seconds); ``""`` -> None."""
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise BarlowTwinsError(f"time budget '{text}' must be a positive duration such as 90s, 20m or 1.5h")
+    return seconds

@@ -19,6 +19,7 @@ from barlowtwins.config import RESUMABLE_CHANGES, PretrainConfig, validate
 from barlowtwins.errors import BarlowTwinsError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+YAML_11_WORDS = {"yes", "no", "on", "off", "y", "n"}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -40,8 +41,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            return value.lower() in {"true", "yes", "1"}
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "on", "off", "1", "0"}:
+            return value.lower() in {"true", "yes", "on", "1"}
         raise BarlowTwinsError(f"{key}: expected true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -132,6 +133,8 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise BarlowTwinsError(f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3")
+    if raw.strip().lower() in YAML_11_WORDS:  # YAML reads "off" as false; boolean fields still accept the words
+        return override(key, raw.strip())
     return override(key, yaml.safe_load(raw) if raw.strip() else "")
 
 

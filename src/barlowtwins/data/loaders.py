@@ -1,5 +1,9 @@
 """The one loader path: every batch is ``(images, labels, ids)``, for training and evaluation alike.
 
+Training batches come either from per-sample views in DataLoader workers (:func:`training_batches`) or from
+images decoded once (:func:`decoded`) whose views are made a whole batch at a time on the training device
+(:func:`cached_training_batches`).
+
 Map-style samples go through :class:`Transformed` (seeded per sample while training, so a resumed run
 sees exactly the views it would have); shards go through one WebDataset pipeline whose only stage is
 :func:`barlowtwins.data.shards.decode_sample` followed by the transform.
@@ -18,8 +22,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from barlowtwins import distributed
+from barlowtwins.data import cache
 from barlowtwins.data.shards import decode_sample
-from barlowtwins.data.sources import ImageSource, Samples
+from barlowtwins.data.sources import FileImages, ImageSource, Samples
 from barlowtwins.errors import BarlowTwinsError
 
 
@@ -119,8 +124,15 @@ def _loader(dataset, workers: int, device: torch.device, **kwargs) -> DataLoader
 
 
 def _shard_stream(
-    shards: list[str], transform: Callable, batch_size: int, workers: int, device: torch.device, *, training: bool,
-    seed: int = 0, shuffle_buffer: int = 0,
+    shards: list[str],
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    *,
+    training: bool,
+    seed: int = 0,
+    shuffle_buffer: int = 0,
 ) -> DataLoader:
     """One pass over the shards, split by worker (and by process while training), in batches."""
     pipeline = wds.WebDataset(
@@ -203,6 +215,74 @@ def training_batches(
         order = list(source.shards)
         random.Random(seed + 1000 * start_epoch + skip_batches + pass_index).shuffle(order)
         yield from _shard_stream(
-            order, transform, batch_size, workers, device, training=True, seed=seed + pass_index,
+            order,
+            transform,
+            batch_size,
+            workers,
+            device,
+            training=True,
+            seed=seed + pass_index,
             shuffle_buffer=shuffle_buffer,
         )
+
+
+class _Stored:
+    """Worker-side transform: an image as the cache stores it (uint8 size x size x 3); picklable."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image):
+        return np.array(cache.stored_image(image, self.size))  # writable: collation wraps it in a tensor
+
+
+def decoded(source: ImageSource, size: int, mode: str, cache_dir: str, workers: int) -> cache.DecodedImages:
+    """Every image of ``source`` decoded once at ``size`` px, in memory or in a disk cache reused across runs.
+
+    ``mode`` "auto" keeps images in memory when they take under a quarter of the available RAM, else on disk.
+    Decoding runs in ``workers`` DataLoader processes. Rows are in the order of one ordered pass.
+    """
+    if mode == "auto":
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        mode = "memory" if cache.stored_bytes(source.num_samples, size) < available / 4 else "disk"
+    loader = batches(source, _Stored(size), 256, workers, torch.device("cpu"))
+    rows = (
+        (image.numpy(), int(label), i)
+        for images, labels, ids in loader
+        for image, label, i in zip(images, labels, ids, strict=True)
+    )
+    if mode == "memory":
+        return cache.decode_all(rows, source.num_samples, size, progress="decoding")
+    files = source.shards or (source.samples.images.paths if isinstance(source.samples.images, FileImages) else [])
+    key = cache.cache_key(source.description, files, size)
+    return cache.decode_all(rows, source.num_samples, size, cache_dir or cache.default_cache_dir(), key, "decoding")
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The seed of one batch's views: a function of (run seed, epoch, batch, process) only, so resuming at a
+    batch boundary replays exactly the views an uninterrupted run draws."""
+    return (((seed * 1_000_003 + epoch) * 10_000_019 + batch) * 1_009 + rank) % 2**63
+
+
+def cached_training_batches(
+    images: cache.DecodedImages,
+    views: Callable,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    start_epoch: int = 0,
+    skip_batches: int = 0,
+) -> Iterator:
+    """Endless ``(views, labels, ids)`` batches: a seeded permutation per epoch split over processes (as
+    :class:`ShardedEpochSampler`), rows gathered from the decoded images, ``views(uint8 batch, generator)``
+    made on ``device``."""
+    sampler = ShardedEpochSampler(len(images), batch_size, seed)
+    for epoch in itertools.count(start_epoch):
+        first = skip_batches if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, first)
+        order = np.fromiter((index for index, _ in sampler), dtype=np.int64)
+        for batch, start in enumerate(range(0, len(order), batch_size), start=first):
+            rows = order[start : start + batch_size]
+            uint8 = images.batch(rows).to(device, non_blocking=True)
+            generator = torch.Generator().manual_seed(batch_seed(seed, epoch, batch, sampler.rank))
+            yield views(uint8, generator), torch.from_numpy(images.labels[rows]), [images.ids[i] for i in rows]

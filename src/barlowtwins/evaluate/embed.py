@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from barlowtwins.checkpoint import atomic_write_text, load_projector
+from barlowtwins.atomic import atomic_write_text
+from barlowtwins.checkpoint import load_projector
 from barlowtwins.config import EvalInputs, KnnConfig
 from barlowtwins.data import batches, open_source
 from barlowtwins.evaluate.features import Features, extract

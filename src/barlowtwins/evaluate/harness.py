@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from barlowtwins.checkpoint import atomic_write_text, load_backbone
+from barlowtwins.atomic import atomic_write_text
+from barlowtwins.checkpoint import load_backbone
 from barlowtwins.config import IMAGENET_MEAN, IMAGENET_STD, EvalInputs
 from barlowtwins.data import ImageSource, open_source, resolve_workers
 from barlowtwins.runtime import run_metadata, select_device

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barlowtwins.checkpoint import atomic_write_text
+from barlowtwins.atomic import atomic_write_text
 from barlowtwins.errors import BarlowTwinsError
 
 

@@ -1,15 +1,18 @@
 """``pretrain(config)``: the one training loop (paper §2.2) for any method, on CPU, one GPU or torchrun.
 
-Setup builds the pieces from the config; the loop then runs ``train_step`` until the schedule ends,
-logging and checkpointing through :class:`~barlowtwins.train.run_dir.RunDir`.
+Setup builds the pieces from the config; the loop then runs ``train_step`` until the schedule ends (the
+epochs, or the steps that fit a time budget), logging and checkpointing through
+:class:`~barlowtwins.train.run_dir.RunDir`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +23,18 @@ from torch import nn
 from tqdm import tqdm
 
 from barlowtwins import distributed
-from barlowtwins.config import EvalInputs, PretrainConfig
-from barlowtwins.data import ImageSource, open_source, resolve_workers, training_batches
+from barlowtwins.batched_views import batched_two_views
+from barlowtwins.config import EvalInputs, PretrainConfig, parse_duration
+from barlowtwins.data import ImageSource, Samples, in_memory, open_source, resolve_workers, training_batches
+from barlowtwins.data.loaders import cached_training_batches, decoded
+from barlowtwins.data.sources import ArrayImages
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate import knn
 from barlowtwins.methods import METHODS
 from barlowtwins.models.backbones import initial_backbone
 from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
-from barlowtwins.runtime import autocast_dtype, precision_name, seed_everything, select_device
+from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
+from barlowtwins.train.budget import Budget
 from barlowtwins.train.run_dir import RunDir
 from barlowtwins.views import two_views
 
@@ -58,37 +65,35 @@ class _Setup:
     method: nn.Module  # unwrapped, for state_dict and after_step
     trainer: nn.Module  # the method, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
     source: ImageSource
     device: torch.device
-    dtype: torch.dtype | None
     memory_format: torch.memory_format
     steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
 
 
 def pretrain(config: PretrainConfig) -> Path:
     """Pretrain as ``config`` says; returns the run directory. Resumes automatically from its checkpoint."""
     t, o = config.train, config.optim
     s = _setup(config)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=autocast_dtype(t.precision, s.device) == torch.float16)
     run = RunDir(Path(t.out), distributed.is_main_process())
-    step = run.start(config, s.method, s.optimizer, s.scaler)
+    progress = run.start(config, s.method, s.optimizer, scaler)
+    step = progress["step"]
     seed_everything(t.seed + 1000 * distributed.rank() + step)  # augmentations differ per process and resume
-    batches = training_batches(
-        s.source,
-        two_views(**dataclasses.asdict(config.augment)),
-        t.batch_size // distributed.world_size(),
-        resolve_workers(config.data.workers),
-        t.seed,
-        s.device,
-        start_epoch=step // s.steps_per_epoch,
-        skip_batches=step % s.steps_per_epoch,
-        shuffle_buffer=config.data.shuffle_buffer,
+    setup_started = time.perf_counter()
+    batches = _batches(config, s, step)
+    views = _on_device(next(batches)[0], s)
+    dtype = _precision(config, s, views, run.main)
+    budget = Budget(
+        parse_duration(t.time_budget),
+        t.epochs * s.steps_per_epoch,
+        progress["train_seconds"] or 0.0,
+        progress["total_steps"],
     )
-    _announce(config, s, run)
-    progress = tqdm(
-        total=s.total_steps,
+    warmup = budget.warmup_steps(round(o.warmup_epochs * s.steps_per_epoch))
+    _announce(config, s, run, dtype, budget, time.perf_counter() - setup_started)
+    bar = tqdm(
+        total=budget.total_steps,
         initial=step,
         disable=not run.main,
         unit="step",
@@ -97,34 +102,30 @@ def pretrain(config: PretrainConfig) -> Path:
     )
     s.trainer.train()
     window = time.perf_counter(), step
-    with run, progress:
-        while step < s.total_steps:
-            views, _, _ = next(batches)
-            views = [v.to(s.device, non_blocking=True, memory_format=s.memory_format) for v in views]
-            set_learning_rate(s.optimizer, lr_factor(step, s.total_steps, s.warmup_steps, o.final_lr_ratio))
-            terms = train_step(s.trainer, s.optimizer, s.scaler, views, s.dtype)
-            s.method.after_step(step, s.total_steps)
+    budget.restart_clock()
+    with run, bar:
+        while step < budget.total_steps:
+            set_learning_rate(s.optimizer, lr_factor(step, budget.total_steps, warmup, o.final_lr_ratio))
+            terms = train_step(s.trainer, s.optimizer, scaler, views, dtype)
+            s.method.after_step(step, budget.total_steps)
             step += 1
-            progress.update(1)
-            if step % t.log_every == 0 or step == s.total_steps:
+            total = budget.step_done(step)
+            warmup, bar.total = budget.warmup_steps(round(o.warmup_epochs * s.steps_per_epoch)), total
+            bar.update(1)
+            if step % t.log_every == 0 or step == total:
                 record = _record(s, terms, step, t.batch_size * (step - window[1]) / (time.perf_counter() - window[0]))
                 run.log(record, (*s.method.logged, "lr_weights"))
-                progress.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
                 window = time.perf_counter(), step
             if (
                 step % s.steps_per_epoch == 0
-                or step == s.total_steps
+                or step == total
                 or (t.checkpoint_every and step % t.checkpoint_every == 0)
             ):
-                run.save(s.method, s.optimizer, s.scaler, config, step, s.steps_per_epoch)
-    # Leave the process group before rank 0 evaluates alone: other ranks waiting at a barrier would time out
-    # (30 min) during a long kNN; in eval mode the synchronised batch norms need no process group.
-    distributed.barrier()
-    distributed.shutdown()
-    if run.main:
-        run.plot(s.method.terms, s.method.diagnostics)
-        if config.data.eval:
-            knn.run(eval_inputs(config, run.path), config.knn)
+                run.save(s.method, s.optimizer, scaler, config, step, s.steps_per_epoch, budget.spent, total)
+            if step < total:
+                views = _on_device(next(batches)[0], s)
+    _finish(config, s, run, budget)
     return run.path
 
 
@@ -142,7 +143,6 @@ def _setup(config: PretrainConfig) -> _Setup:
         raise BarlowTwinsError(
             f"batch size {t.batch_size} is larger than the dataset ({source.num_samples} samples); lower --batch-size"
         )
-    steps_per_epoch = source.num_samples // t.batch_size
     method = build_method(config)
     if distributed.is_distributed():
         method = distributed.convert_sync_batchnorm(method, device.type)
@@ -159,34 +159,63 @@ def _setup(config: PretrainConfig) -> _Setup:
         o.momentum,
         o.lars_eta,
     )
-    dtype = autocast_dtype(t.precision, device)
     trainer = method
     if distributed.is_distributed():
         trainer = nn.parallel.DistributedDataParallel(
             method, device_ids=[local_rank] if device.type == "cuda" else None
         )
-    return _Setup(
-        method,
-        trainer,
-        optimizer,
-        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        source,
-        device,
-        dtype,
-        memory_format,
-        steps_per_epoch,
-        t.epochs * steps_per_epoch,
-        round(o.warmup_epochs * steps_per_epoch),
-    )
+    return _Setup(method, trainer, optimizer, source, device, memory_format, source.num_samples // t.batch_size)
 
 
-def _announce(config: PretrainConfig, s: _Setup, run: RunDir) -> None:
+def _batches(config: PretrainConfig, s: _Setup, step: int) -> Iterator:
+    """This process's training batches from ``step`` on: batched views of decoded images, or PIL views."""
+    t, d, a = config.train, config.data, config.augment
+    per_process, workers = t.batch_size // distributed.world_size(), resolve_workers(d.workers)
+    start_epoch, skip = divmod(step, s.steps_per_epoch)
+    source = s.source
+    if d.cache != "off":
+        images = decoded(source, d.stored_size or a.image_size, d.cache, d.cache_dir, workers)
+        if d.views == "batched":
+            views = batched_two_views(**dataclasses.asdict(a))
+            return cached_training_batches(images, views, per_process, t.seed, s.device, start_epoch, skip)
+        source = in_memory(Samples(ArrayImages(images.images), images.labels, images.ids), source.description)
+    views = two_views(**dataclasses.asdict(a))
+    return training_batches(source, views, per_process, workers, t.seed, s.device, start_epoch, skip, d.shuffle_buffer)
+
+
+def _on_device(views, s: _Setup) -> list[torch.Tensor]:
+    return [v.to(s.device, non_blocking=True, memory_format=s.memory_format) for v in views]
+
+
+def _precision(config: PretrainConfig, s: _Setup, views: list[torch.Tensor], main: bool) -> torch.dtype | None:
+    """The autocast dtype; ``auto`` on a CPU measures fp32 against bf16 on a copy of the model (same on all ranks)."""
+    if config.train.precision != "auto" or s.device.type != "cpu":
+        return autocast_dtype(config.train.precision, s.device)
+    probe = copy.deepcopy(s.method).eval()  # eval: no batch-norm statistics change, no collectives
+    views = [v[: max(8, len(v) // 4)] for v in views]  # a quarter batch: the ratio is what counts
+
+    def forward_backward(dtype: torch.dtype | None) -> None:
+        with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
+            loss = probe(*views)["loss"]
+        loss.backward()
+
+    dtype, seconds = fastest_dtype(forward_backward)
+    dtype = distributed.broadcast_object(dtype)
+    if main:
+        shown = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+        print(f"precision auto: measured forward + backward ({shown}); using {precision_name(dtype)}", flush=True)
+    return dtype
+
+
+def _announce(config, s: _Setup, run: RunDir, dtype, budget: Budget, setup_seconds: float) -> None:
     if run.main:
         m, t = config.model, config.train
+        plan = f"{budget.total_steps} steps" + (f" planned for a {t.time_budget} budget" if t.time_budget else "")
         print(
             f"pretraining {m.method}: {m.arch} + projector {m.projector} on {s.source.description}; "
-            f"{s.steps_per_epoch} steps/epoch, batch {t.batch_size} over {distributed.world_size()} process(es), "
-            f"{s.device}, {precision_name(s.dtype)}; run directory {run.path}",
+            f"{s.steps_per_epoch} steps/epoch, {plan}, batch {t.batch_size} over {distributed.world_size()} "
+            f"process(es), {s.device}, {precision_name(dtype)}, {config.data.views} views "
+            f"(data ready in {setup_seconds:.0f} s); run directory {run.path}",
             flush=True,
         )
 
@@ -207,6 +236,23 @@ def _record(s: _Setup, terms: dict[str, Any], step: int, images_per_s: float) ->
         "images_per_s": images_per_s,
         "time": time.time(),
     }
+
+
+def _finish(config: PretrainConfig, s: _Setup, run: RunDir, budget: Budget) -> None:
+    """Plot, evaluate (kNN beside the random-init floor), and write training and evaluation minutes."""
+    # Leave the process group before rank 0 evaluates alone: other ranks waiting at a barrier would time out
+    # (30 min) during a long kNN; in eval mode the synchronised batch norms need no process group.
+    distributed.barrier()
+    distributed.shutdown()
+    if not run.main:
+        return
+    run.plot(s.method.terms, s.method.diagnostics)
+    started = time.perf_counter()
+    if config.data.eval:
+        knn.run(eval_inputs(config, run.path), config.knn)
+    minutes = {"train_minutes": budget.spent / 60, "eval_minutes": (time.perf_counter() - started) / 60}
+    run.write_json("timing.json", {**minutes, "steps": budget.total_steps, "time_budget": config.train.time_budget})
+    print(f"trained {minutes['train_minutes']:.1f} min, evaluated {minutes['eval_minutes']:.1f} min", flush=True)
 
 
 def eval_inputs(config: PretrainConfig, run_dir: Path) -> EvalInputs:

@@ -17,7 +17,8 @@ import yaml
 from torch import nn
 
 from barlowtwins import distributed
-from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, atomic_save, atomic_write_text, load_checkpoint
+from barlowtwins.atomic import atomic_save, atomic_write_text
+from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint
 from barlowtwins.config import PretrainConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten, incompatible_changes
@@ -35,9 +36,9 @@ class RunDir:
 
     def start(
         self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
-    ) -> int:
-        """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its step;
-        else write ``config.yaml`` and ``meta.json`` of a new run and return 0."""
+    ) -> dict[str, Any]:
+        """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its progress
+        (``step``, ``train_seconds``, ``total_steps``); else write ``config.yaml`` and ``meta.json`` of a new run."""
         if (self.path / CHECKPOINT_NAME).is_file():
             state = load_checkpoint(self.path)
             changes = incompatible_changes(state["config"], config)
@@ -53,14 +54,14 @@ class RunDir:
             scaler.load_state_dict(state["scaler"])
             if self.main:
                 print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
-            return state["step"]
+            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps")}
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
-        return 0
+        return {"step": 0, "train_seconds": 0.0, "total_steps": None}
 
     def __enter__(self) -> RunDir:
         if self.main:
@@ -93,8 +94,12 @@ class RunDir:
         config: PretrainConfig,
         step: int,
         steps_per_epoch: int,
+        train_seconds: float = 0.0,
+        total_steps: int | None = None,
     ) -> None:
-        """Rewrite ``checkpoint.pt`` atomically (main process), then wait for every process."""
+        """Rewrite ``checkpoint.pt`` atomically (main process), then wait for every process.
+
+        ``train_seconds`` and ``total_steps`` (the planned schedule) let a budgeted run resume its plan."""
         if self.main:
             state = {
                 "format": FORMAT,
@@ -103,6 +108,8 @@ class RunDir:
                 "scaler": scaler.state_dict(),
                 "epoch": step // steps_per_epoch,
                 "step": step,
+                "train_seconds": train_seconds,
+                "total_steps": total_steps,
                 "config": config.to_dict(),
                 "version": package_version(),
             }

@@ -1,0 +1,169 @@
+"""Training throughput in pairs/s: data + views alone, the model step alone, and end to end, in one run.
+
+The setting is the speed issue's: ResNet-18 with the ImageNet stem on CIFAR-10 (32 px), projector
+2048-2048-2048, batch 256, LARS (the ``cifar10`` recipe with ``model.small_stem=false``), read from the
+WebDataset shards. Compared in the same run:
+
+* data + views alone: the per-sample PIL path (JPEG decode + two views in DataLoader workers) against the
+  batched path (images decoded once, both views of a whole batch made on the training device);
+* the model step alone on ready tensors (the compute bound), fp32 against bf16 autocast;
+* end to end, each a real ``barlowtwins pretrain`` process with a time budget: the previous default (PIL
+  views, no cache, fp32) against today's defaults (batched views, decoded cache, ``--precision auto``), and
+  the mixed cases; with the fixed cost of a run (process start to the first step, last step to exit);
+* how long ``barlowtwins --help`` takes.
+
+    python benchmarks/throughput.py --shards '../shared/data/cifar10/cifar10-train-{000000..000009}.tar'
+    python benchmarks/throughput.py --shards ... --seconds 40 --skip-end-to-end     # quicker
+
+Run it on an otherwise idle machine: every figure shares the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from barlowtwins.batched_views import batched_two_views
+from barlowtwins.data import open_source, resolve_workers, training_batches
+from barlowtwins.data.loaders import cached_training_batches, decoded
+from barlowtwins.recipes import make_config, override
+from barlowtwins.train.loop import build_method, train_step
+from barlowtwins.views import two_views
+
+CPU = torch.device("cpu")
+BATCH = 256
+
+
+def _config(shards: str):
+    overrides = [override("model.small_stem", False), override("data.train", [shards])]
+    return make_config("cifar10", [*overrides, override("train.batch_size", BATCH)])
+
+
+def _rate(batches, steps: int) -> float:
+    next(batches)  # the first batch pays for worker start-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def data_alone(config, steps: int) -> dict[str, float]:
+    """pairs/s of the data path alone: PIL views in workers against batched views of decoded images."""
+    a, source = config.augment, open_source(config.data.train)
+    workers = resolve_workers(-1)
+    pil = training_batches(source, two_views(**dataclasses.asdict(a)), BATCH, workers, 0, CPU, shuffle_buffer=2000)
+    started = time.perf_counter()
+    images = decoded(source, a.image_size, "memory", "", workers)
+    decode_seconds = time.perf_counter() - started
+    batched = cached_training_batches(images, batched_two_views(**dataclasses.asdict(a)), BATCH, 0, CPU)
+    return {"pil": _rate(pil, steps), "batched": _rate(batched, steps), "decode_seconds": decode_seconds}
+
+
+def model_alone(config, steps: int) -> dict[str, float]:
+    """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast."""
+    from barlowtwins.optim import build_optimizer
+
+    rates = {}
+    views = [torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        method = build_method(config).to(memory_format=torch.channels_last)
+        o = config.optim
+        optimizer = build_optimizer(
+            method, method.no_weight_decay(), "lars", BATCH, o.lr_weights, o.lr_biases, o.weight_decay
+        )
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        train_step(method, optimizer, scaler, views, dtype)
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step(method, optimizer, scaler, views, dtype)
+        rates[name] = steps * BATCH / (time.perf_counter() - start)
+    return rates
+
+
+END_TO_END = {
+    "pil fp32 (previous default)": ["--set", "data.views=pil", "--set", "data.cache=off", "--precision", "fp32"],
+    "pil bf16": ["--set", "data.views=pil", "--set", "data.cache=off", "--precision", "bf16"],
+    "batched fp32": ["--precision", "fp32"],
+    "defaults (batched, auto)": [],
+}
+
+
+def end_to_end(shards: str, seconds: int) -> dict[str, dict]:
+    """Each variant as a real pretrain process with a time budget; pairs/s after the first logged window."""
+    results = {}
+    for name, flags in END_TO_END.items():
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "barlowtwins", "pretrain", "--recipe", "cifar10", "--data", shards]
+            command += ["--no-small-stem", "--batch-size", str(BATCH), "--out", out, "--set", "train.log_every=5"]
+            command += ["--set", f"train.time_budget={seconds}s", *flags]
+            started = time.time()
+            run = subprocess.run(command, capture_output=True, text=True)
+            ended = time.time()
+            if run.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{run.stderr[-2000:]}")
+            records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+            first_step_seconds = 5 * BATCH / records[0]["images_per_s"]
+            results[name] = {
+                "pairs_per_s": sum(r["images_per_s"] for r in records[1:]) / max(1, len(records) - 1),
+                "steps": records[-1]["step"],
+                "start_to_first_step_s": records[0]["time"] - first_step_seconds / 5 - started,
+                "last_step_to_exit_s": ended - records[-1]["time"],
+                "precision": next((line for line in run.stdout.splitlines() if "precision auto" in line), ""),
+            }
+    return results
+
+
+def help_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "barlowtwins", "--help"], capture_output=True, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", required=True, help="CIFAR-10 training shards (brace pattern)")
+    parser.add_argument("--steps", type=int, default=20, help="batches timed for data-alone and model-alone")
+    parser.add_argument("--seconds", type=int, default=90, help="training budget of each end-to-end run")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; batch {BATCH}, ResNet-18 ImageNet stem, 32 px, projector 2048^3"
+    )
+    print(f"barlowtwins --help: {help_seconds():.2f} s")
+    config = _config(args.shards)
+    data = data_alone(config, args.steps)
+    print(
+        f"(a) data + views alone: PIL {data['pil']:.0f} pairs/s, batched {data['batched']:.0f} pairs/s "
+        f"({data['batched'] / data['pil']:.1f}x; decoding the set once took {data['decode_seconds']:.0f} s)"
+    )
+    model = model_alone(config, max(3, args.steps // 4))
+    print(
+        f"(b) model step alone: fp32 {model['fp32']:.0f} pairs/s, bf16 {model['bf16']:.0f} pairs/s "
+        f"({model['bf16'] / model['fp32']:.2f}x)"
+    )
+    if args.skip_end_to_end:
+        return
+    runs = end_to_end(args.shards, args.seconds)
+    reference = runs["pil fp32 (previous default)"]["pairs_per_s"]
+    print(f"(c) end to end ({args.seconds} s budget each):")
+    for name, r in runs.items():
+        bound = model["bf16" if "bf16" in name or "bf16" in r["precision"] else "fp32"]
+        print(
+            f"    {name:28s} {r['pairs_per_s']:6.0f} pairs/s  {r['pairs_per_s'] / reference:.2f}x the previous "
+            f"default, {r['pairs_per_s'] / bound:.2f}x its model-step bound; {r['steps']} steps; start to first "
+            f"step {r['start_to_first_step_s']:.0f} s, last step to exit {r['last_step_to_exit_s']:.0f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""A time budget for training: how many steps fit, re-estimated from the measured step time as the run goes.
+
+The warm-up + cosine schedule (paper §2.2) is laid over the planned number of steps, so a budgeted run
+decays its learning rate fully by the time the budget ends, whatever the machine. Training time is
+counted across resumes (it is saved in the checkpoint); set-up and evaluation are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+REPLAN_AFTER = (5, 20, 50, 100)  # steps of this session after which the plan is re-made; then every REPLAN_EVERY
+REPLAN_EVERY = 100
+SETTLE_STEPS = 2  # the first steps of a process (allocation, warm caches) are not counted in the step time
+WARMUP_SHARE = 0.1  # under a budget, the warm-up takes at most this share of the planned steps
+
+
+class Budget:
+    """Plans ``total_steps`` for a budget of ``seconds`` (None: no budget, the epochs decide)."""
+
+    def __init__(self, seconds: float | None, max_steps: int, spent: float = 0.0, planned: int | None = None):
+        self.seconds = seconds
+        self.max_steps = max_steps
+        self.spent = spent  # training seconds so far, over all sessions of the run
+        planned = planned if seconds is not None else None  # without a budget the epochs decide, also on resume
+        self.total_steps = min(planned or max_steps, max_steps)
+        self._session_steps = 0
+        self._last = time.perf_counter()
+        self._settled: tuple[float, int] | None = None  # (time, session steps) once settled
+
+    def restart_clock(self) -> None:
+        """Start timing now (call right before the first step, after set-up)."""
+        self._last = time.perf_counter()
+
+    def step_done(self, step: int) -> int:
+        """Count one finished step (``step`` is the number done) and return the planned total steps."""
+        now = time.perf_counter()
+        self.spent += now - self._last
+        self._last = now
+        self._session_steps += 1
+        if self.seconds is None:
+            return self.total_steps
+        if self._session_steps == SETTLE_STEPS:
+            self._settled = (now, self._session_steps)
+        if self.spent >= self.seconds:
+            self.total_steps = step  # out of time: stop here, with a checkpoint
+        elif self._settled is not None and self._due():
+            since, steps_then = self._settled
+            step_time = (now - since) / max(1, self._session_steps - steps_then)
+            remaining = math.floor((self.seconds - self.spent) / step_time) if step_time > 0 else self.max_steps
+            self.total_steps = max(step + 1, min(self.max_steps, step + remaining))
+        return self.total_steps
+
+    def _due(self) -> bool:
+        n = self._session_steps - SETTLE_STEPS
+        return n in REPLAN_AFTER or (n > 0 and n % REPLAN_EVERY == 0)
+
+    def warmup_steps(self, warmup_steps: int) -> int:
+        """The warm-up of the schedule: as configured, capped at a share of the planned steps under a budget."""
+        if self.seconds is None:
+            return warmup_steps
+        return min(warmup_steps, math.floor(WARMUP_SHARE * self.total_steps))
