@@ -5,7 +5,7 @@ kNN (k=200, T=0.1) on the 10k test images beside the random-init floor of the sa
 to a Markdown table and a JSON file as they finish (a re-run skips finished rows), with each row's command.
 
     python benchmarks/cpu_recipe_sweep.py --budget 3m --out docs/cpu-recipe/sweep-3m        # the variants below
-    python benchmarks/cpu_recipe_sweep.py --budget 20m --only final --out docs/cpu-recipe/final-20m
+    python benchmarks/cpu_recipe_sweep.py --recipe cifar10-cpu --budgets 1m 5m 10m 20m --out docs/cpu-recipe/curve
 
 Budgets count training time only (decoding, the precision probe and evaluation come on top). Run one sweep
 at a time on an otherwise idle machine: the budget turns a busy CPU into fewer steps.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -22,94 +23,142 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-TRAIN = str(SHARED / "cifar10-train-{000000..000009}.tar")
-TEST = str(SHARED / "cifar10-test-{000000..000001}.tar")
+TRAIN = os.path.relpath(SHARED / "cifar10-train-{000000..000009}.tar")  # as a user in the repository types it
+TEST = os.path.relpath(SHARED / "cifar10-test-{000000..000001}.tar")
 
 # The starting point: the speed issue's setting (ResNet-18, ImageNet stem, 32 px, batch 256) on the fast path.
 BASE = ["--recipe", "cifar10", "--no-small-stem", "--batch-size", "256"]
+P1024 = ["--projector", "1024-1024-1024"]
 VARIANTS: dict[str, list[str]] = {
     "base (cifar10 recipe, ImageNet stem)": [],
-    "projector 1024-1024-1024": ["--projector", "1024-1024-1024"],
-    "batch 128": ["--batch-size", "128"],
-    "lr x2 (0.6)": ["--lr", "0.6", "--set", "optim.lr_biases=0.0144"],
-    "crop scale 0.2-1": ["--set", "augment.crop_scale=[0.2,1.0]"],
-    "projector 1024^3, batch 128": ["--projector", "1024-1024-1024", "--batch-size", "128"],
+    "projector 1024^3": P1024,
+    "projector 1024^3, batch 128": [*P1024, "--batch-size", "128"],
+    "projector 1024^3, batch 128, lr x2": [
+        *P1024,
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.6",
+        "--set",
+        "optim.lr_biases=0.0144",
+    ],
+    "projector 1024^3, batch 128, crop 0.2-1": [*P1024, "--batch-size", "128", "--set", "augment.crop_scale=[0.2,1.0]"],
 }
 
 
-def run_variant(name: str, flags: list[str], budget: str, out: Path) -> dict:
-    run_dir = out / "runs" / name.replace(" ", "_").replace("/", "-").replace("^", "")
-    command = ["barlowtwins", "pretrain", *BASE, *flags, "--data", TRAIN, "--eval-data", TEST]
+def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool) -> dict:
+    """Pretrain with the budget, then ``barlowtwins knn`` on the 10k test images (the floor only when asked:
+    it is the same network at the same initialisation in every row that keeps the architecture)."""
+    slug = name.replace(" ", "_").replace("/", "-").replace("^", "").replace(",", "")
+    run_dir = out / "runs" / f"{slug}-{budget}"
+    base = [] if flags[:1] == ["--recipe"] else BASE  # a named recipe runs as it is
+    command = ["barlowtwins", "pretrain", *base, *flags, "--data", TRAIN]
     command += ["--time-budget", budget, "--out", str(run_dir)]
+    knn = ["barlowtwins", "knn", "--checkpoint", str(run_dir), "--train-data", TRAIN, "--test-data", TEST]
+    knn += ["--out", str(run_dir / "eval" / "knn.json"), *([] if floor else ["--no-random-init"])]
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
-    (run_dir / "stdout.txt").parent.mkdir(parents=True, exist_ok=True)
-    (run_dir / "stdout.txt").write_text(result.stdout + result.stderr[-5000:])
-    if result.returncode != 0:
-        return {"name": name, "error": result.stderr.strip().splitlines()[-1], "command": shlex.join(command)}
-    knn = json.loads((run_dir / "eval" / "knn.json").read_text())["results"]
+    for step in (command, knn):
+        result = subprocess.run(step, capture_output=True, text=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "stdout.txt", "a") as log:
+            log.write(result.stdout + result.stderr[-5000:])
+        if result.returncode != 0:
+            return {"name": name, "error": result.stderr.strip().splitlines()[-1], "command": shlex.join(command)}
+    results = json.loads((run_dir / "eval" / "knn.json").read_text())["results"]
     timing = json.loads((run_dir / "timing.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[1:]] or [records[0]["images_per_s"]]
+    printed = (run_dir / "stdout.txt").read_text()
+    precision = printed.split("using ")[-1].split()[0] if "using " in printed else ""
     return {
         "name": name,
         "steps": timing["steps"],
         "pairs_per_s": sum(rates) / len(rates),
         "train_minutes": timing["train_minutes"],
         "wall_minutes": (time.time() - started) / 60,
-        "knn200": knn["pretrained"]["top1"]["200"],
-        "knn20": knn["pretrained"]["top1"]["20"],
-        "floor200": knn["random_init"]["top1"]["200"],
-        "precision": next((line for line in result.stdout.splitlines() if "using" in line), "").split("using ")[-1],
-        "command": shlex.join(command),
+        "knn200": results["pretrained"]["top1"]["200"],
+        "knn20": results["pretrained"]["top1"]["20"],
+        "floor200": results["random_init"]["top1"]["200"] if "random_init" in results else None,
+        "precision": precision,
+        "command": shlex.join(command) + " && " + shlex.join(knn),
     }
 
 
-def write_table(rows: list[dict], budget: str, out: Path) -> None:
+def write_table(rows: list[dict], budgets: list[str], out: Path) -> None:
     lines = [
-        f"# CPU recipe sweep: {budget} of training per row, CIFAR-10 (JPEG), 2-core CPU",
+        f"# CPU recipe runs: {', '.join(budgets)} of training per row, CIFAR-10 (JPEG), 2-core CPU",
         "",
-        f"Made by `python benchmarks/cpu_recipe_sweep.py --budget {budget} --out {out}`. kNN: k=200 (and 20),",
-        "T=0.1, 50k training images as the bank, 10k test images; floor: the same network at its initialisation.",
+        f"Made by `python benchmarks/cpu_recipe_sweep.py {' '.join(sys.argv[1:])}`. kNN: k=200 (and 20), T=0.1,",
+        "50k training images as the bank, 10k test images; floor: the same network at its initialisation",
+        "(measured once, in the first row; every row starts from the same initial ResNet-18, seed 0).",
         "",
-        "| variant | steps | pairs/s | kNN k=200 | kNN k=20 | floor k=200 | precision | command |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| variant | budget | steps | pairs/s | kNN k=200 | kNN k=20 | floor k=200 | precision | command |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
+        r["command"] = r["command"].replace(str(SHARED), os.path.relpath(SHARED))
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | `{r['command']}` |")
+            lines.append(f"| {r['name']} | {r['budget']} | failed: {r['error']} | | | | | | `{r['command']}` |")
             continue
+        floor = "—" if r["floor200"] is None else f"{r['floor200']:.1f}"
         lines.append(
-            f"| {r['name']} | {r['steps']} | {r['pairs_per_s']:.0f} | {r['knn200']:.1f} | {r['knn20']:.1f} | "
-            f"{r['floor200']:.1f} | {r['precision']} | `{r['command']}` |"
+            f"| {r['name']} | {r['budget']} | {r['steps']} | {r['pairs_per_s']:.0f} | {r['knn200']:.1f} | "
+            f"{r['knn20']:.1f} | {floor} | {r['precision']} | `{r['command']}` |"
         )
+    if len(budgets) > 1:
+        plot_curve([r for r in rows if "error" not in r], out / "knn-vs-minutes.png")
+        lines += ["", "![kNN against training minutes](knn-vs-minutes.png)"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def plot_curve(rows: list[dict], path: Path) -> None:
+    """kNN (k=200) against training minutes per variant, with the random-init floor as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["name"] for r in rows):
+        points = sorted((r["train_minutes"], r["knn200"]) for r in rows if r["name"] == name)
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    floors = [r["floor200"] for r in rows if r["floor200"] is not None]
+    if floors:
+        ax.axhline(floors[0], color="grey", linestyle="--", label="random init (floor)")
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("kNN top-1, k=200 (%)")
+    ax.set_title("CIFAR-10 test kNN against training time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", default="3m", help="training time per run, e.g. 3m, 20m")
+    parser.add_argument("--budgets", nargs="+", default=["4m"], help="training time per run, e.g. 4m, 20m")
+    parser.add_argument("--recipe", help="run this recipe (no other flags) instead of the variants below")
     parser.add_argument("--out", required=True, help="directory for the table, the JSON and the run directories")
     parser.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these words")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = (
-        {r["name"]: r for r in json.loads((out / "sweep.json").read_text())} if (out / "sweep.json").exists() else {}
-    )
+    variants = {f"{args.recipe} recipe": ["--recipe", args.recipe]} if args.recipe else VARIANTS
+    saved = json.loads((out / "runs.json").read_text()) if (out / "runs.json").exists() else []
+    done = {(r["name"], r["budget"]): r for r in saved if "error" not in r}
     rows = []
-    for name, flags in VARIANTS.items():
-        if args.only and not any(word in name for word in args.only):
-            continue
-        row = previous.get(name) if "error" not in previous.get(name, {"error": 1}) else None
-        if row is None:
-            print(f"running {name} ...", flush=True)
-            row = run_variant(name, flags, args.budget, out)
-        rows.append(row)
-        write_table(rows, args.budget, out)
-        print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
-    sys.exit(0)
+    for budget in args.budgets:
+        for name, flags in variants.items():
+            if args.only and not any(word in name for word in args.only):
+                continue
+            row = done.get((name, budget))
+            if row is None:
+                print(f"running {name} for {budget} ...", flush=True)
+                row = {**run_variant(name, flags, budget, out, floor=not rows), "budget": budget}
+            rows.append(row)
+            write_table(rows, args.budgets, out)
+            print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
 
 
 if __name__ == "__main__":

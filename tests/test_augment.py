@@ -158,3 +158,13 @@ def test_eval_transform_resizes_then_centre_crops():
     assert out.shape == (3, 224, 224)
     peak = (out[0] == out[0].max()).nonzero().float().mean(0)
     assert abs(peak[0] - 112) <= 2 and abs(peak[1] - 112) <= 2  # the centre stays the centre
+
+
+def test_small_images_are_evaluated_as_they_are_and_large_ones_by_b1():
+    array = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = eval_transform(32, mean=(0, 0, 0), std=(1, 1, 1))(Image.fromarray(array))
+    assert torch.equal(out, torch.from_numpy(array).permute(2, 0, 1).float() / 255)  # untouched CIFAR pixels
+    resized = eval_transform(32, mean=(0, 0, 0), std=(1, 1, 1), resize_ratio=256 / 224)(Image.fromarray(array))
+    assert not torch.equal(resized, out)  # B.1's rule stays available: resize 37, centre-crop 32
+    ops = eval_transform(224).transforms
+    assert ops[0].size == 256 and ops[1].size == (224, 224)  # above 64 px: B.1's 256 -> 224

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from barlowtwins.config import AugmentConfig
-from barlowtwins.views import blur_kernel_size
+from barlowtwins.views import asymmetric_pair, blur_kernel_size
 
 ASPECT_RATIO = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
@@ -297,18 +297,4 @@ def batched_two_views(
     std: tuple[float, float, float] = A.std,
 ) -> BatchedTwoViews:
     """Batched ``views.two_views``: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
-    shared = dict(
-        image_size=image_size,
-        crop_scale=crop_scale,
-        flip_p=flip_p,
-        jitter=jitter,
-        jitter_p=jitter_p,
-        grayscale_p=grayscale_p,
-        blur_sigma=blur_sigma,
-        mean=mean,
-        std=std,
-    )
-    return BatchedTwoViews(
-        BatchedViews(**shared, blur_p=blur_p[0], solarize_p=solarize_p[0]),
-        BatchedViews(**shared, blur_p=blur_p[1], solarize_p=solarize_p[1]),
-    )
+    return BatchedTwoViews(*asymmetric_pair(BatchedViews, locals()))

@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 on recent GPUs, fp16 on older ones, fp32 on CPU), "bf16", "fp16", "fp32"
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     channels_last: bool = True  # faster convolutions on GPUs and on CPUs alike
+    compile: bool = False  # torch.compile the method (fused kernels; minutes of compiling before the first step)
     seed: int = 0
     time_budget: str = ""  # e.g. "20m", "90s", "1.5h": fit the schedule to the steps that fit ("": the epochs)
     log_every: int = 10  # steps between metrics.jsonl lines
@@ -129,6 +130,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.epochs",
         "train.out",
         "train.device",
+        "train.compile",
         "train.log_every",
         "train.time_budget",
         "train.checkpoint_every",
@@ -164,7 +166,7 @@ class EvalInputs:
     image_size: int = 0  # 0: the pretraining size, else 32 (small stem) or 224
     mean: tuple[float, ...] = ()  # (): the pretraining normalisation, else ImageNet's
     std: tuple[float, ...] = ()
-    resize_ratio: float = 256 / 224  # B.1 test time: resize to 256, centre-crop 224 (32 px: resize 37, crop 32)
+    resize_ratio: float = 0.0  # test-time resize before the centre crop; 0: B.1's 256/224 above 64 px, else none
     train_data: tuple[str, ...] = ()  # labelled training data (the kNN bank, the probe's training set)
     test_data: tuple[str, ...] = ()  # labelled test data
     limit: int = 0  # use only the first N samples of each set (0: all)

@@ -17,6 +17,8 @@ from torchvision import transforms as T
 from barlowtwins.config import AugmentConfig, EvalInputs
 
 A = AugmentConfig  # every default below is the config's own
+B1_RESIZE_RATIO = 256 / 224  # appendix B.1 test time: resize to 256, centre-crop 224
+SMALL_IMAGES = 64  # at this size or below, evaluate images as they are (solo-learn's and lightly's CIFAR protocol)
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -82,21 +84,15 @@ def two_views(
     std: tuple[float, float, float] = A.std,
 ) -> TwoViews:
     """The paper's asymmetric pair: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
-    shared = dict(
-        image_size=image_size,
-        crop_scale=crop_scale,
-        flip_p=flip_p,
-        jitter=jitter,
-        jitter_p=jitter_p,
-        grayscale_p=grayscale_p,
-        blur_sigma=blur_sigma,
-        mean=mean,
-        std=std,
-    )
-    return TwoViews(
-        view_transform(**shared, blur_p=blur_p[0], solarize_p=solarize_p[0]),
-        view_transform(**shared, blur_p=blur_p[1], solarize_p=solarize_p[1]),
-    )
+    return TwoViews(*asymmetric_pair(view_transform, locals()))
+
+
+def asymmetric_pair(make_view: Callable, params: dict) -> tuple:
+    """View A and view B of paper §2.2 from one view's builder: the same operations and parameters, except
+    the blur and solarization probabilities, which ``params`` gives as (view A, view B) pairs."""
+    shared = {k: v for k, v in params.items() if k not in ("blur_p", "solarize_p")}
+    p = params
+    return tuple(make_view(**shared, blur_p=p["blur_p"][i], solarize_p=p["solarize_p"][i]) for i in (0, 1))
 
 
 def eval_transform(
@@ -105,10 +101,15 @@ def eval_transform(
     std: tuple[float, float, float] = A.std,
     resize_ratio: float = EvalInputs.resize_ratio,
 ) -> T.Compose:
-    """Deterministic test-time transform of appendix B.1: resize to 256/224 of the size, centre crop."""
+    """Deterministic test-time view: resize to ``image_size * resize_ratio``, centre crop, normalise.
+
+    ``resize_ratio`` 0 picks the rule: B.1's 256/224 above 64 px; images of 64 px or less as they are (ratio 1:
+    a 32 px CIFAR image stays untouched), as the libraries evaluate CIFAR, so numbers compare with theirs.
+    """
+    ratio = resize_ratio or (B1_RESIZE_RATIO if image_size > SMALL_IMAGES else 1.0)
     return T.Compose(
         [
-            T.Resize(round(image_size * resize_ratio), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(round(image_size * ratio), interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(image_size),
             T.ToTensor(),
             T.Normalize(mean, std),

@@ -19,7 +19,7 @@ HELP = {
     "image_size": "default: the pretraining size, else 32 (small stem) or 224",
     "mean": "default: the pretraining normalisation, else ImageNet's",
     "std": "default: the pretraining normalisation, else ImageNet's",
-    "resize_ratio": "test-time resize before the centre crop (B.1: 256/224)",
+    "resize_ratio": "test-time resize before the centre crop (default: 256/224 above 64 px, none at 64 px or less)",
     "train_data": "labelled training data (image folder, .tar shards, or dataset name)",
     "test_data": "labelled test data",
     "limit": "use only the first N samples of each set",

@@ -28,6 +28,7 @@ PRETRAIN_FLAGS = {
     "lr": "optim.lr_weights",
     "out": "train.out",
     "epochs": "train.epochs",
+    "time_budget": "train.time_budget",
     "batch_size": "train.batch_size",
     "precision": "train.precision",
     "device": "train.device",
@@ -55,6 +56,7 @@ def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate of weights per 256 images")
     parser.add_argument("--out", help="run directory (resumes if it holds a checkpoint)")
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--time-budget", help="training time, e.g. 20m: the schedule is fitted to the steps that fit")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")

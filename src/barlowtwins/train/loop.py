@@ -164,6 +164,8 @@ def _setup(config: PretrainConfig) -> _Setup:
         trainer = nn.parallel.DistributedDataParallel(
             method, device_ids=[local_rank] if device.type == "cuda" else None
         )
+    if t.compile:
+        trainer = torch.compile(trainer)
     return _Setup(method, trainer, optimizer, source, device, memory_format, source.num_samples // t.batch_size)
 
 
