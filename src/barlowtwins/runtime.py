@@ -40,19 +40,25 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def fastest_dtype(step: Callable[[torch.dtype | None], object], repeats: int = 1) -> tuple[torch.dtype | None, dict]:
+def fastest_dtype(step: Callable[[torch.dtype | None], object]) -> tuple[torch.dtype | None, dict]:
     """fp32 or bf16 autocast, whichever runs ``step(dtype)`` faster here (bf16 must win by 10%).
 
     On CPUs the answer depends on the processor and the model (bf16 autocast ran ResNet-18 at 32 px about
-    1.4x faster on a 2-core AVX2 EPYC, without native bf16 instructions), so it is measured, not guessed.
+    1.4x faster on one EPYC and 5x slower on another without native bf16), so it is measured, not guessed.
+    Each precision gets a warm-up call (first-call allocation, kernel choice) and a timed call; a bf16 warm-up
+    that already takes over three fp32 steps is not timed again.
     """
     seconds = {}
     for dtype in (None, torch.bfloat16):
-        step(dtype)  # warm-up: first-call allocation and kernel selection
         start = time.perf_counter()
-        for _ in range(repeats):
-            step(dtype)
-        seconds[precision_name(dtype)] = (time.perf_counter() - start) / repeats
+        step(dtype)
+        warm_up = time.perf_counter() - start
+        if dtype is not None and warm_up > 3 * seconds["fp32"]:
+            seconds[precision_name(dtype)] = warm_up  # clearly slower: its warm-up bounds it from above
+            break
+        start = time.perf_counter()
+        step(dtype)
+        seconds[precision_name(dtype)] = time.perf_counter() - start
     faster = seconds["bfloat16"] < 0.9 * seconds["fp32"]
     return (torch.bfloat16 if faster else None), seconds
 

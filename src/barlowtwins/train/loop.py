@@ -212,7 +212,9 @@ def _precision(config: PretrainConfig, s: _Setup, views: list[torch.Tensor], mai
 def _announce(config, s: _Setup, run: RunDir, dtype, budget: Budget, setup_seconds: float) -> None:
     if run.main:
         m, t = config.model, config.train
-        plan = f"{budget.total_steps} steps" + (f" planned for a {t.time_budget} budget" if t.time_budget else "")
+        plan = f"{budget.total_steps} steps"
+        if t.time_budget:
+            plan = f"steps fitted to a {t.time_budget} budget as it runs (at most {budget.max_steps})"
         print(
             f"pretraining {m.method}: {m.arch} + projector {m.projector} on {s.source.description}; "
             f"{s.steps_per_epoch} steps/epoch, {plan}, batch {t.batch_size} over {distributed.world_size()} "
