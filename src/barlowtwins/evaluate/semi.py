@@ -111,10 +111,9 @@ def semi_supervised_eval(e: Evaluation, labelled: ImageSource, settings: SemiCon
 
 
 def choose_subset(
-    e: Evaluation, settings: SemiConfig, subset: str | None, subset_out: str | None
+    e: Evaluation, ids: list[str], labels: np.ndarray, settings: SemiConfig, subset: str | None, subset_out: str | None
 ) -> tuple[np.ndarray, str, str]:
     """(positions, subset file, how it was chosen): the ``subset`` list file, else drawn class-balanced and saved."""
-    ids, labels = sample_index(e.train)
     if subset:
         return match_ids(read_subset_file(subset), ids, subset), subset, f"listed in {subset}"
     positions = balanced_subset(labels, settings.fraction, e.inputs.seed)
@@ -127,9 +126,10 @@ def choose_subset(
 def run(inputs: EvalInputs, settings: SemiConfig, subset: str | None = None, subset_out: str | None = None) -> Path:
     """The semi-supervised protocol through the harness -> ``eval/semi-<subset>.json`` (+ the subset file)."""
     e = prepare(inputs, f"semi-{Path(subset).stem}" if subset else f"semi-{settings.fraction * 100:g}pct")
-    positions, subset_file, how = choose_subset(e, settings, subset, subset_out)
+    ids, labels = sample_index(e.train)  # once: for shards this reads every tar's headers
+    positions, subset_file, how = choose_subset(e, ids, labels, settings, subset, subset_out)
     labelled = select_samples(e.train, positions, f"{how} of {e.train.description}")
-    counts = np.bincount(sample_index(e.train)[1][positions]).tolist()
+    counts = np.bincount(labels[positions]).tolist()
     e.log(f"semi-supervised fine-tuning (B.2) of {', '.join(e.subjects)} on {labelled.description}; per class {counts}")
     results = semi_supervised_eval(e, labelled, settings)
     e.log("semi-supervised " + summary(results, ("top1", "top5")))

@@ -90,7 +90,8 @@ def pretrain(config: PretrainConfig) -> Path:
         progress["train_seconds"] or 0.0,
         progress["total_steps"],
     )
-    warmup = budget.warmup_steps(round(o.warmup_epochs * s.steps_per_epoch))
+    configured_warmup = round(o.warmup_epochs * s.steps_per_epoch)
+    warmup = budget.warmup_steps(configured_warmup)
     _announce(config, s, run, dtype, budget, time.perf_counter() - setup_started)
     bar = tqdm(
         total=budget.total_steps,
@@ -110,7 +111,7 @@ def pretrain(config: PretrainConfig) -> Path:
             s.method.after_step(step, budget.total_steps)
             step += 1
             total = budget.step_done(step)
-            warmup, bar.total = budget.warmup_steps(round(o.warmup_epochs * s.steps_per_epoch)), total
+            warmup, bar.total = budget.warmup_steps(configured_warmup), total
             bar.update(1)
             if step % t.log_every == 0 or step == total:
                 record = _record(s, terms, step, t.batch_size * (step - window[1]) / (time.perf_counter() - window[0]))
