@@ -42,3 +42,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))

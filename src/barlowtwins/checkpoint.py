@@ -1,4 +1,4 @@
-"""Checkpoints: ``weights_only`` loading, backbone export, foreign state_dicts and the projector.
+"""Checkpoints: ``weights_only`` loading, foreign state_dicts and the projector (export: :mod:`barlowtwins.export`).
 
 A checkpoint is a plain dict of tensors and Python scalars, so ``torch.load(..., weights_only=True)``
 reads it without unpickling code. It is written with :func:`barlowtwins.atomic.atomic_save`: a crash
@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from barlowtwins.atomic import atomic_save, atomic_write_text
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.models.backbones import build_backbone
+from barlowtwins.models.backbones import Backbone, build_backbone
 from barlowtwins.models.heads import build_projector
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -34,7 +33,12 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def load_file(path: str | Path) -> Any:
+    """A torch file (``weights_only``) or a ``.safetensors`` file, on the CPU."""
     try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file as load_safetensors
+
+            return load_safetensors(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {error})") from None
@@ -56,29 +60,6 @@ def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch
     """The backbone's entries of a BarlowTwins state_dict, with torchvision's key names."""
     prefix = "backbone."
     return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
-
-
-def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the backbone as a plain state_dict (loads into ``torchvision.models.<arch>()`` without ``fc``).
-
-    A JSON file beside it records the architecture and stem, which a bare state_dict cannot say.
-    """
-    state = load_checkpoint(checkpoint)
-    weights = backbone_state_dict(state["model"])
-    model_config = state["config"]["model"]
-    info = {
-        "arch": model_config["arch"],
-        "small_stem": model_config["small_stem"],
-        "source": str(checkpoint_path(checkpoint)),
-        "epoch": state["epoch"],
-        "step": state["step"],
-        "barlowtwins_version": state.get("version"),
-        "load_with": f"torchvision.models.{model_config['arch']}().load_state_dict(sd, strict=False)"
-        + (" after barlowtwins.models.backbones.apply_small_stem(model)" if model_config["small_stem"] else ""),
-    }
-    atomic_save(weights, out)
-    atomic_write_text(json.dumps(info, indent=2) + "\n", Path(out).with_suffix(".json"))
-    return info
 
 
 def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -106,34 +87,40 @@ def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], 
 
 
 def load_backbone(
-    path: str | Path | None, arch: str | None = None, small_stem: bool | None = None
+    path: str | Path | None,
+    arch: str | None = None,
+    small_stem: bool | None = None,
+    backbone: Backbone | None = None,
 ) -> tuple[nn.Module, int, dict[str, Any]]:
     """A backbone from a run directory / checkpoint, or from a plain state_dict file (``arch`` needed).
 
     ``path=None`` gives the randomly initialised backbone. Returns (backbone, feature_dim, info); for a
     barlowtwins checkpoint ``info["images"]`` holds the pretraining image size and normalisation and
-    ``info["seed"]`` the seed its weights were initialised from.
+    ``info["seed"]`` the seed its weights were initialised from. ``backbone`` (a ``custom_backbone``)
+    receives the weights instead of a module built by name.
     """
     state = None
     if path is not None:
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         model_config = state["config"]["model"]
-        backbone, dim, _ = build_backbone(model_config["arch"], model_config["small_stem"])
+        backbone, dim, _ = backbone or build_backbone(model_config["arch"], model_config["small_stem"])
         load_weights_into(backbone, backbone_state_dict(state["model"]), str(path))
         augment = state["config"]["augment"]
         images = {"image_size": augment["image_size"], "mean": augment["mean"], "std": augment["std"]}
         info = {"weights": str(path), "epoch": state["epoch"], "seed": state["config"]["train"]["seed"]}
         return backbone, dim, {**info, **model_config, "images": images}
     sidecar = Path(path).with_suffix(".json") if path is not None else None
-    if sidecar is not None and sidecar.is_file():
-        saved = json.loads(sidecar.read_text())
+    saved = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
+    if saved:
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
-    if arch is None:
+    if arch is None and backbone is None:
         raise BarlowTwinsError(f"{path} is a plain state_dict; say which architecture it is with --arch")
-    backbone, dim, _ = build_backbone(arch, bool(small_stem))
+    backbone, dim, _ = backbone or build_backbone(arch, bool(small_stem))
     info = {"weights": str(path) if path else "random init", "arch": arch, "small_stem": bool(small_stem)}
+    if "image_size" in saved:  # an export's sidecar: the pretraining image settings
+        info["images"] = {k: saved[k] for k in ("image_size", "mean", "std")}
     if state is not None:
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]

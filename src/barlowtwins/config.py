@@ -44,7 +44,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     method: str = "barlow_twins"  # the self-supervised method (methods.METHODS); the paper's is the default
-    arch: str = "resnet50"  # torchvision classification model; its classifier is removed (paper §2.2)
+    arch: str = "resnet50"  # torchvision ResNet or timm:NAME[,key=value...]; classifier removed (paper §2.2)
     small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool: for 32-96 px images (CIFAR, STL)
     projector: str = "8192-8192-8192"  # output widths of the projector's linear layers (paper §2.2)
     projector_bn: bool = True  # BN after hidden projector layers; False is Table 5's "No BN in MLP"

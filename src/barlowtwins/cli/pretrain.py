@@ -46,7 +46,7 @@ def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-limit", type=int, help="use only the first N samples of --eval-data")
     parser.add_argument("--workers", type=int, help="data loading processes (-1: one per core)")
     parser.add_argument("--method", help="self-supervised method (default: barlow_twins)")
-    parser.add_argument("--arch", help="torchvision backbone, e.g. resnet18, resnet50")
+    parser.add_argument("--arch", help="torchvision ResNet (resnet18, resnet50) or timm:NAME[,key=value...]")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--projector", help="projector widths, e.g. 8192-8192-8192")
     parser.add_argument("--image-size", type=int)
@@ -77,6 +77,8 @@ def _config_from_args(args: argparse.Namespace, recipe: str | None):
     overrides = [
         override(key, getattr(args, flag)) for flag, key in PRETRAIN_FLAGS.items() if getattr(args, flag) is not None
     ]
+    if (args.arch or "").startswith("timm:") and args.small_stem is None:
+        overrides.append(override("model.small_stem", False))  # a recipe's ResNet stem does not apply to timm models
     overrides += [parse_override(text) for text in args.set]
     return make_config(recipe, overrides)
 
@@ -110,11 +112,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from barlowtwins.checkpoint import export_backbone
+    from barlowtwins.export import export_backbone, export_paths
 
-    info = export_backbone(args.checkpoint, args.out)
+    info = export_backbone(args.checkpoint, args.out, safetensors=args.safetensors)
+    written = ", ".join(str(export_paths(args.out)[k]) for k in (*info["files"], "json"))
     print(
-        f"wrote {args.out} ({info['arch']}, epoch {info['epoch']}, step {info['step']}); load with {info['load_with']}"
+        f"wrote {written} ({info['arch']}, {info['feature_dim']} features, epoch {info['epoch']}, "
+        f"step {info['step']}); load with {info['load_with']}"
     )
 
 
@@ -127,7 +131,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_pretrain_arguments(demo)
     demo.set_defaults(run=_cmd_demo)
 
-    export = commands.add_parser("export", help="write the backbone as a torchvision state_dict")
+    export = commands.add_parser("export", help="write the backbone as .pth + .safetensors + JSON sidecar")
     export.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    export.add_argument("--out", required=True, help="output .pth file")
+    export.add_argument("--out", required=True, help="output .pth file; .safetensors and .json are written beside it")
+    export.add_argument(
+        "--safetensors", action=argparse.BooleanOptionalAction, default=True, help="also write .safetensors"
+    )
     export.set_defaults(run=_cmd_export)

@@ -31,7 +31,7 @@ from barlowtwins.data.sources import ArrayImages
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate import knn
 from barlowtwins.methods import METHODS
-from barlowtwins.models.backbones import initial_backbone
+from barlowtwins.models.backbones import CUSTOM, Backbone, initial_backbone
 from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
 from barlowtwins.train.budget import Budget
@@ -39,12 +39,14 @@ from barlowtwins.train.run_dir import RunDir
 from barlowtwins.views import two_views
 
 
-def build_method(config: PretrainConfig) -> nn.Module:
-    """The method's networks and loss, the backbone initialised from ``train.seed`` (see ``initial_backbone``)."""
+def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn.Module:
+    """The method's networks and loss, the backbone initialised from ``train.seed`` (see ``initial_backbone``)
+    unless a module built in Python is given (``custom_backbone``)."""
     m = config.model
     if m.method not in METHODS:
         raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{m.method}')")
-    backbone = initial_backbone(m.arch, m.small_stem, config.train.seed)
+    if backbone is None:
+        backbone = initial_backbone(m.arch, m.small_stem, config.train.seed)
     return METHODS[m.method](backbone, m, config.loss)
 
 
@@ -71,10 +73,16 @@ class _Setup:
     steps_per_epoch: int
 
 
-def pretrain(config: PretrainConfig) -> Path:
-    """Pretrain as ``config`` says; returns the run directory. Resumes automatically from its checkpoint."""
+def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
+    """Pretrain as ``config`` says; returns the run directory. Resumes automatically from its checkpoint.
+
+    ``backbone`` (from ``models.backbones.custom_backbone``) replaces ``model.arch``; the run records arch
+    ``custom``, and resuming needs the same module again.
+    """
+    if backbone is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, arch=CUSTOM, small_stem=False))
     t, o = config.train, config.optim
-    s = _setup(config)
+    s = _setup(config, backbone)
     scaler = torch.amp.GradScaler(s.device.type, enabled=autocast_dtype(t.precision, s.device) == torch.float16)
     run = RunDir(Path(t.out), distributed.is_main_process())
     progress = run.start(config, s.method, s.optimizer, scaler)
@@ -130,7 +138,7 @@ def pretrain(config: PretrainConfig) -> Path:
     return run.path
 
 
-def _setup(config: PretrainConfig) -> _Setup:
+def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
     t, d, o = config.train, config.data, config.optim
     device = select_device(t.device)
     local_rank = distributed.init_from_environment(device.type)
@@ -144,7 +152,7 @@ def _setup(config: PretrainConfig) -> _Setup:
         raise BarlowTwinsError(
             f"batch size {t.batch_size} is larger than the dataset ({source.num_samples} samples); lower --batch-size"
         )
-    method = build_method(config)
+    method = build_method(config, backbone)
     if distributed.is_distributed():
         method = distributed.convert_sync_batchnorm(method, device.type)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -253,7 +261,9 @@ def _finish(config: PretrainConfig, s: _Setup, run: RunDir, budget: Budget) -> N
         return
     run.plot(s.method.terms, s.method.diagnostics)
     started = time.perf_counter()
-    if config.data.eval:
+    if config.data.eval and config.model.arch == CUSTOM:
+        print("kNN skipped: a custom backbone cannot be rebuilt by name; use evaluate.knn.knn_eval from Python")
+    elif config.data.eval:
         knn.run(eval_inputs(config, run.path), config.knn)
     minutes = {"train_minutes": budget.spent / 60, "eval_minutes": (time.perf_counter() - started) / 60}
     run.write_json("timing.json", {**minutes, "steps": budget.total_steps, "time_budget": config.train.time_budget})
