@@ -136,3 +136,16 @@ def test_timm_vit_pretrains_evaluates_and_exports_through_the_cli(tmp_path):
     ).eval()
     images = torch.randn(4, 3, 8, 8)
     torch.testing.assert_close(model(images), trained.eval()(images), rtol=0, atol=0)
+
+
+def test_vit_recipe_has_solo_learns_vit_optimiser_and_builds():
+    from barlowtwins.recipes import make_config
+
+    config = make_config("cifar10-vit")
+    o = config.optim
+    assert (o.optimizer, o.lr_weights, o.lr_biases, o.weight_decay, o.momentum) == ("adamw", 3e-4, 3e-4, 0.1, 0.9)
+    assert (o.warmup_epochs, o.final_lr_ratio, config.train.batch_size) == (10, 0.0, 256)
+    backbone = build_backbone(config.model.arch, config.model.small_stem)
+    assert backbone.dim == 192 and backbone.module.patch_embed.num_patches == 64  # (32 / 4)^2 tokens
+    size = config.augment.image_size
+    assert backbone.module.eval()(torch.randn(2, 3, size, size)).shape == (2, 192)
