@@ -96,3 +96,22 @@ def twin(arch: str = "resnet18", projector: str = "64-64-32", small_stem: bool =
     return METHODS["barlow_twins"](
         build_backbone(arch, small_stem), ModelConfig(projector=projector), LossConfig(formulation=formulation)
     )
+
+
+def test_python_api_snippet_in_the_readme_runs():
+    """The README's Python snippet, executed as written: its loss is the loss of eq. 1 on the projector outputs."""
+    import re
+    from pathlib import Path
+
+    from barlowtwins.losses.barlow_twins import barlow_twins_loss
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"<!-- python-api -->\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    torch.manual_seed(0)
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    z_a, z_b = namespace["z_a"], namespace["z_b"]
+    torch.testing.assert_close(namespace["loss"], barlow_twins_loss(z_a, z_b))
+    model, terms = namespace["model"], namespace["terms"]
+    assert model.backbone.conv1.weight.grad is not None  # the snippet's backward reached the backbone
+    assert set(model.logged) <= set(terms) and torch.isfinite(terms["loss"])
