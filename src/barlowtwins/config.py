@@ -235,6 +235,20 @@ class TransferConfig:
     svm_folds: int = 3  # Goyal et al. 2019: 3-fold cross-validation of C
 
 
+@dataclass(frozen=True)
+class AblateConfig:
+    """``barlowtwins ablate``: the paper's §4 studies, each variant x seed its own pretraining run."""
+
+    recipe: str = "cifar10-cpu"  # base recipe every variant starts from
+    time_budget: str = "10m"  # training time of each run ("": the recipe's epochs)
+    seeds: int = 3  # runs per variant; the report gives mean and std over them
+    out: str = "runs/ablate"  # study directory: one run directory per variant and seed, the report
+    batch_sizes: tuple[int, ...] = (64, 128, 256)  # batch-size study (Fig. 2): the paper went 128..4096
+    lrs: tuple[float, ...] = (0.15, 0.3, 0.6)  # its LARS lr_weights grid per batch size (the paper grid-searched)
+    widths: tuple[int, ...] = (128, 512, 2048, 8192, 16384)  # projector study (Fig. 4): output widths, gram loss
+    linear_epochs: int = LinearConfig.epochs  # the fast linear probe on frozen features (B.1 recipe)
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
