@@ -23,6 +23,8 @@ VIEWS = ("batched", "pil")
 CACHES = ("auto", "memory", "disk", "off")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 FORMULATIONS = ("auto", "cross", "gram")
+# Table 5's objectives (paper §4); which of them the ``gram`` formulation can express is in losses.barlow_twins
+OBJECTIVES = ("barlow_twins", "invariance_only", "redundancy_only", "feature_norm", "cross_covariance", "cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ModelConfig:
     small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool: for 32-96 px images (CIFAR, STL)
     projector: str = "8192-8192-8192"  # output widths of the projector's linear layers (paper §2.2)
     projector_bn: bool = True  # BN after hidden projector layers; False is Table 5's "No BN in MLP"
+    predictor: str = ""  # widths of a predictor on branch A ("": none, "auto": projector's first width-output width)
+    stop_gradient: bool = False  # no gradient through branch B (Table 6 (a), (c))
+    momentum: float = 0.996  # BYOL's target-network momentum tau_base, raised to 1 by a cosine (Grill et al. 2020)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class AugmentConfig:
 class LossConfig:
     lambd: float = 0.0051  # off-diagonal weight; official code (the paper rounds to 5e-3, §2.2)
     formulation: str = "auto"  # "cross" (DxD matrix), "gram" (batch space, for wide projectors), "auto"
+    objective: str = "barlow_twins"  # eq. 1, or a Table 5 variant (config.OBJECTIVES)
+    temperature: float = 0.5  # NT-Xent's and Table 5's cross-entropy tau; SimCLR's CIFAR-10 value (Chen 2020a, B.9)
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,20 @@ class TransferConfig:
     svm_folds: int = 3  # Goyal et al. 2019: 3-fold cross-validation of C
 
 
+@dataclass(frozen=True)
+class AblateConfig:
+    """``barlowtwins ablate``: the paper's §4 studies, each variant x seed its own pretraining run."""
+
+    recipe: str = "cifar10-cpu"  # base recipe every variant starts from
+    time_budget: str = "10m"  # training time of each run ("": the recipe's epochs)
+    seeds: int = 3  # runs per variant; the report gives mean and std over them
+    out: str = "runs/ablate"  # study directory: one run directory per variant and seed, the report
+    batch_sizes: tuple[int, ...] = (64, 128, 256)  # batch-size study (Fig. 2): the paper went 128..4096
+    lrs: tuple[float, ...] = (0.15, 0.3, 0.6)  # its LARS lr_weights grid per batch size (the paper grid-searched)
+    widths: tuple[int, ...] = (128, 512, 2048, 8192, 16384)  # projector study (Fig. 4): output widths, gram loss
+    linear_epochs: int = LinearConfig.epochs  # the fast linear probe on frozen features (B.1 recipe)
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -263,6 +284,7 @@ def validate(config: PretrainConfig) -> None:
         raise BarlowTwinsError(
             f"loss.formulation must be one of {', '.join(FORMULATIONS)} (got '{config.loss.formulation}')"
         )
+    _validate_method(config)
     if not 0 <= o.final_lr_ratio <= 1:
         raise BarlowTwinsError(f"optim.final_lr_ratio must be in [0, 1] (got {o.final_lr_ratio})")
     if o.warmup_epochs < 0:
@@ -277,6 +299,20 @@ def validate(config: PretrainConfig) -> None:
     if not config.knn.k or any(k < 1 for k in config.knn.k):
         raise BarlowTwinsError(f"knn.k must be positive integers (got {config.knn.k})")
     parse_projector_spec(m.projector)
+
+
+def _validate_method(config: PretrainConfig) -> None:
+    loss, m = config.loss, config.model
+    if loss.objective not in OBJECTIVES:
+        raise BarlowTwinsError(f"loss.objective must be one of {', '.join(OBJECTIVES)} (got '{loss.objective}')")
+    if loss.objective == "cross_entropy" and loss.formulation == "gram":
+        raise BarlowTwinsError("loss.objective=cross_entropy needs each C_ij: set loss.formulation=cross (or auto)")
+    if loss.temperature <= 0:
+        raise BarlowTwinsError(f"loss.temperature must be positive (got {loss.temperature})")
+    if not 0 <= m.momentum <= 1:
+        raise BarlowTwinsError(f"model.momentum must be in [0, 1] (got {m.momentum})")
+    if m.predictor not in ("", "auto"):
+        parse_projector_spec(m.predictor)
 
 
 def parse_projector_spec(spec: str) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from barlowtwins.cli import evaluate, pretrain
+from barlowtwins.cli import ablate, evaluate, pretrain
 from barlowtwins.errors import BarlowTwinsError
 
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain.add_commands(commands)
     evaluate.add_commands(commands)
+    ablate.add_commands(commands)
     return parser
 
 

@@ -10,6 +10,17 @@ with Za, Zb the projector outputs standardised along the batch (mean 0, std 1, n
 so the off-diagonal sum is ||C||_F^2 - sum_i C_ii^2 at O(N^2 D) time and O(N^2 + N D) memory. Both give
 the same loss and gradients; ``gram`` makes projector widths far beyond the paper's 16,384 affordable.
 
+Table 5's objectives (paper §4) change one piece each (``objective``):
+
+* ``invariance_only`` / ``redundancy_only``: the loss is one of the two terms (both are still logged);
+* ``feature_norm``: z standardised along the batch, then L2-normalised along the features (no mean
+  subtraction), and C the covariance ``Za^T Zb / N`` of those rows instead of the cross-correlation;
+* ``cross_covariance``: z only centred along the batch (not scaled), C their cross-covariance ``Za^T Zb / N``;
+* ``cross_entropy``: ``-log sum_i exp(C_ii / tau) + lambda log sum_i sum_{j != i} exp(max(C_ij, 0) / tau)``.
+
+The first four only change Za, Zb or the sum taken, so ``gram`` expresses them exactly; the cross-entropy
+needs every C_ij and therefore ``cross`` (``auto`` picks it).
+
 Under torch.distributed the loss is that of the global batch: z is standardised with global-batch
 statistics, ``cross`` sums the per-process partial C over processes (D^2 numbers of traffic per step),
 ``gram`` gathers the standardised z (2 N_global D numbers) and each process computes its rows of the
@@ -21,12 +32,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from barlowtwins.config import FORMULATIONS, LossConfig
+from barlowtwins.config import FORMULATIONS, OBJECTIVES, LossConfig
 from barlowtwins.distributed import all_gather_cat, all_reduce_sum, is_distributed
 
 BATCH_NORM_EPS = 1e-5  # the official code standardises with BatchNorm1d(affine=False), whose eps this is
+NEEDS_CROSS = frozenset({"cross_entropy"})  # objectives that need every C_ij, not only diag(C) and ||C||_F
 
 
 class LossTerms(NamedTuple):
@@ -70,6 +83,24 @@ def standardize(z: torch.Tensor, count: int, eps: float = BATCH_NORM_EPS) -> tor
     return centered * torch.rsqrt(var + eps)
 
 
+def normalize_for(objective: str, z: torch.Tensor, count: int, eps: float) -> torch.Tensor:
+    """The Z of C = Za^T Zb / N for ``objective``: standardised (eq. 2), then L2 along features
+    (``feature_norm``), or only centred (``cross_covariance``)."""
+    if objective == "cross_covariance":
+        return z - all_reduce_sum(z.sum(dim=0)) / count
+    z = standardize(z, count, eps)
+    return F.normalize(z, dim=1) if objective == "feature_norm" else z
+
+
+def _objective_terms(objective: str, c, on_diag, off_diag_sq, lambd: float, temperature: float):
+    """(invariance, redundancy) as the loss of ``objective`` counts them; see the module docstring."""
+    if objective == "cross_entropy":
+        off = c.masked_select(~torch.eye(c.shape[0], dtype=torch.bool, device=c.device))
+        invariance = -torch.logsumexp(on_diag / temperature, dim=0)
+        return invariance, lambd * torch.logsumexp(off.clamp_min(0) / temperature, dim=0)
+    return (1 - on_diag).square().sum(), lambd * off_diag_sq
+
+
 def _check_inputs(z_a: torch.Tensor, z_b: torch.Tensor) -> None:
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(
@@ -87,6 +118,8 @@ def barlow_twins_terms(
     lambd: float = LossConfig.lambd,
     formulation: str = LossConfig.formulation,
     eps: float = BATCH_NORM_EPS,
+    objective: str = LossConfig.objective,
+    temperature: float = LossConfig.temperature,
 ) -> LossTerms:
     """Loss, terms and diagnostics for projector outputs ``z_a``, ``z_b`` of shape (N, D).
 
@@ -96,16 +129,19 @@ def barlow_twins_terms(
     _check_inputs(z_a, z_b)
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation must be one of {FORMULATIONS}, got '{formulation}'")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got '{objective}'")
+    if objective in NEEDS_CROSS and formulation == "gram":
+        raise ValueError(f"objective '{objective}' needs every C_ij: use formulation 'cross' (or 'auto')")
     with torch.autocast(device_type=z_a.device.type, enabled=False):
         dtype = torch.promote_types(z_a.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
         z_a, z_b = z_a.to(dtype), z_b.to(dtype)
         count = _global_count(z_a.shape[0], z_a.device)
         dim = z_a.shape[1]
         if formulation == "auto":
-            formulation = choose_formulation(count, dim)
-        za = standardize(z_a, count, eps)
-        zb = standardize(z_b, count, eps)
-        off_diag_abs_mean = None
+            formulation = "cross" if objective in NEEDS_CROSS else choose_formulation(count, dim)
+        za, zb = normalize_for(objective, z_a, count, eps), normalize_for(objective, z_b, count, eps)
+        off_diag_abs_mean = c = None
         if formulation == "cross":
             c = all_reduce_sum(za.T @ zb) / count
             on_diag = torch.diagonal(c)
@@ -119,13 +155,13 @@ def barlow_twins_terms(
             on_diag = all_reduce_sum((za * zb).sum(dim=0)) / count
             frobenius_sq = all_reduce_sum(((za @ za_all.T) * (zb @ zb_all.T)).sum()) / count**2
             off_diag_sq = frobenius_sq - on_diag.square().sum()
-        invariance = (1 - on_diag).square().sum()
-        redundancy = lambd * off_diag_sq
+        invariance, redundancy = _objective_terms(objective, c, on_diag, off_diag_sq, lambd, temperature)
+        loss = {"invariance_only": invariance, "redundancy_only": redundancy}.get(objective, invariance + redundancy)
         with torch.no_grad():
             on_diag_mean = on_diag.mean()
             off_diag_rms = (off_diag_sq.clamp_min(0) / (dim * (dim - 1))).sqrt()
     return LossTerms(
-        loss=invariance + redundancy,
+        loss=loss,
         invariance=invariance,
         redundancy=redundancy,
         on_diag_mean=on_diag_mean,
@@ -154,6 +190,8 @@ class BarlowTwinsLoss(nn.Module):
         lambd: float = LossConfig.lambd,
         formulation: str = LossConfig.formulation,
         eps: float = BATCH_NORM_EPS,
+        objective: str = LossConfig.objective,
+        temperature: float = LossConfig.temperature,
     ):
         super().__init__()
         if formulation not in FORMULATIONS:
@@ -161,12 +199,14 @@ class BarlowTwinsLoss(nn.Module):
         self.lambd = lambd
         self.formulation = formulation
         self.eps = eps
+        self.objective = objective
+        self.temperature = temperature
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         return self.terms(z_a, z_b).loss
 
     def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> LossTerms:
-        return barlow_twins_terms(z_a, z_b, self.lambd, self.formulation, self.eps)
+        return barlow_twins_terms(z_a, z_b, self.lambd, self.formulation, self.eps, self.objective, self.temperature)
 
     def extra_repr(self) -> str:
-        return f"lambd={self.lambd}, formulation={self.formulation}"
+        return f"lambd={self.lambd}, formulation={self.formulation}, objective={self.objective}"

@@ -6,6 +6,6 @@
 * ``after_step(step, total_steps)``: called after each optimiser step (a momentum target network updates here).
 """
 
-from barlowtwins.methods import barlow_twins
+from barlowtwins.methods import barlow_twins, byol, simclr
 
-METHODS = {"barlow_twins": barlow_twins.build}
+METHODS = {"barlow_twins": barlow_twins.build, "simclr": simclr.build, "byol": byol.build}

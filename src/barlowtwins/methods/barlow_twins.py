@@ -1,14 +1,18 @@
-"""Barlow Twins (paper §2, Algorithm 1): one backbone and projector for both views, and the loss of eq. 1."""
+"""Barlow Twins (paper §2, Algorithm 1): one backbone and projector for both views, and the loss of eq. 1.
+
+Table 6's asymmetries are options: a predictor on branch A (``model.predictor``) and/or no gradient
+through branch B (``model.stop_gradient``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from barlowtwins.config import LossConfig, ModelConfig
+from barlowtwins.config import LossConfig, ModelConfig, parse_projector_spec
+from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.losses.barlow_twins import BarlowTwinsLoss
 from barlowtwins.models.backbones import Backbone, one_d_parameter_names
-from barlowtwins.models.heads import build_projector
+from barlowtwins.models.heads import build_predictor, build_projector, predictor_spec
 
 
 class BarlowTwins(nn.Module):
@@ -23,30 +27,55 @@ class BarlowTwins(nn.Module):
     logged = terms + diagnostics
     shown = ("loss", "on_diag_mean")  # on the progress bar
 
-    def __init__(self, backbone: Backbone, projector: nn.Module, loss: BarlowTwinsLoss):
+    def __init__(
+        self,
+        backbone: Backbone,
+        projector: nn.Module,
+        loss: BarlowTwinsLoss,
+        predictor: nn.Module | None = None,
+        stop_gradient: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
         self.projector = projector
         self.loss = loss
         self._backbone_no_decay = backbone.no_decay
+        self.predictor = predictor  # branch A only (Table 6 (b), (c))
+        self.stop_gradient = stop_gradient  # branch B (Table 6 (a), (c))
 
     def forward(self, y_a: torch.Tensor, y_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
         z_a = self.projector(self.backbone(y_a))
-        z_b = self.projector(self.backbone(y_b))
+        if self.predictor is not None:
+            z_a = self.predictor(z_a)
+        if self.stop_gradient:
+            with torch.no_grad():
+                z_b = self.projector(self.backbone(y_b))
+        else:
+            z_b = self.projector(self.backbone(y_b))
         terms = self.loss.terms(z_a, z_b)
         return {name: getattr(terms, name) for name in self.logged}
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's excluded names and the projector's 1-D parameters (biases, BN), as the official code."""
-        projector = {f"projector.{name}" for name in one_d_parameter_names(self.projector)}
-        return {f"backbone.{name}" for name in self._backbone_no_decay} | projector
+        heads = {"projector": self.projector, "predictor": self.predictor}
+        excluded = {f"{head}.{name}" for head, m in heads.items() if m is not None for name in one_d_parameter_names(m)}
+        return {f"backbone.{name}" for name in self._backbone_no_decay} | excluded
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing: both branches share their weights (BYOL updates its momentum target here)."""
 
 
 def build(backbone: Backbone, model: ModelConfig, loss: LossConfig) -> BarlowTwins:
-    """The paper's twin network: ``backbone``, the projector of ``model.projector``, the loss with ``loss.lambd``."""
+    """The paper's twin network: ``backbone``, the projector of ``model.projector``, the loss of ``loss``
+    (λ, formulation, Table 5 objective), and Table 6's predictor / stop-gradient when asked."""
     projector = build_projector(backbone.dim, model.projector, model.projector_bn)
-    return BarlowTwins(backbone, projector, BarlowTwinsLoss(loss.lambd, loss.formulation))
+    out_dim = parse_projector_spec(model.projector)[-1]
+    predictor = build_predictor(out_dim, model.predictor, model.projector) if model.predictor else None
+    if predictor is not None and parse_projector_spec(predictor_spec(model.predictor, model.projector))[-1] != out_dim:
+        raise BarlowTwinsError(
+            f"model.predictor '{model.predictor}' must end at the projector's output width {out_dim} "
+            "(the loss compares it with branch B)"
+        )
+    objective = BarlowTwinsLoss(loss.lambd, loss.formulation, objective=loss.objective, temperature=loss.temperature)
+    return BarlowTwins(backbone, projector, objective, predictor, model.stop_gradient)

@@ -22,3 +22,17 @@ def build_projector(in_dim: int, spec: str, batch_norm: bool = True) -> nn.Seque
         layers.append(nn.ReLU(inplace=True))
     layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
     return nn.Sequential(*layers)
+
+
+def predictor_spec(spec: str, projector_spec: str) -> str:
+    """``"auto"``: hidden width = the projector's first width, output = its output width. For the paper's
+    8192-8192-8192 projector this is Table 6's 8192-8192; for BYOL's 4096-256 it is BYOL's 4096-256."""
+    if spec != "auto":
+        return spec
+    widths = parse_projector_spec(projector_spec)
+    return f"{widths[0]}-{widths[-1]}"
+
+
+def build_predictor(in_dim: int, spec: str, projector_spec: str) -> nn.Sequential:
+    """Two (or more) linear layers with BN + ReLU in the hidden one (BYOL §3.3, paper Table 6)."""
+    return build_projector(in_dim, predictor_spec(spec, projector_spec), batch_norm=True)

@@ -1,0 +1,1 @@
+"""The paper's §4 ablations as studies: definitions (``studies``), runs (``runner``), report (``report``)."""

@@ -1,0 +1,94 @@
+"""``barlowtwins ablate``: the studies' definitions, the verdicts, the dry run, and a tiny end-to-end study."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from barlowtwins.ablations import studies
+from barlowtwins.ablations.report import verdict
+from barlowtwins.ablations.runner import StudyData, plan
+from barlowtwins.cli import main
+from barlowtwins.config import AblateConfig
+from barlowtwins.recipes import make_config, parse_override
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _summary(mean, std=0.0):
+    return {"mean": mean, "std": std}
+
+
+def test_verdicts_compare_against_the_noise():
+    base = _summary(50.0, 0.5)
+    assert verdict("lower", _summary(47.0, 0.5), base)[0] == "holds"
+    assert verdict("lower", _summary(49.5, 0.5), base)[0] == "within noise"
+    assert verdict("lower", _summary(53.0, 0.5), base)[0] == "contradicted"
+    assert verdict("much_lower", _summary(47.0), base)[0] == "holds in direction"
+    assert verdict("much_lower", _summary(40.0), base)[0] == "holds"
+    assert verdict("similar", _summary(50.4), base)[0] == "holds"
+    assert verdict("higher", _summary(52.0), base)[0] == "holds"
+    assert verdict(None, _summary(52.0), None)[0] == "no claim"
+
+
+@pytest.mark.parametrize("name", studies.STUDY_NAMES)
+def test_every_variant_makes_a_valid_config(name):
+    spec = studies.study(name, (64, 128), (0.3,), (128, 16384))
+    runs = plan(spec, AblateConfig(seeds=2, out="x"), StudyData(("digits",), ("digits:test",)))
+    assert len(runs) == 2 * sum(len(v.get("grid") or {"": 0}) for v in spec["variants"].values())
+    for run in runs[::2]:
+        make_config("cifar10-cpu", [parse_override(o) for o in run.overrides])  # raises on a bad override
+
+
+def test_study_contents_follow_the_paper():
+    t5 = studies.table5()["variants"]
+    assert [t5[k]["paper"] for k in ("baseline", "invariance_only", "no_bn_cross_cov", "cross_entropy")] == [
+        71.4,
+        57.3,
+        53.4,
+        63.3,
+    ]
+    assert studies.table6()["variants"]["predictor_stop_gradient"]["paper"] == 61.3
+    widths = studies.projector_width((128, 16384))["variants"]["width-16384"]
+    assert "loss.formulation=gram" in widths["set"] and widths["reference"] == "width-128"
+    crop_only = studies.augmentations()["variants"]["crop_only"]["set"]
+    assert {"augment.flip_p=0", "augment.jitter_p=0", "augment.solarize_p=[0,0]"} <= set(crop_only)
+    bs = studies.batch_size((256,), (0.1, 0.3))["variants"]
+    assert set(bs) == {"barlow_twins-b256", "simclr-b256", "byol-b256"} and bs["barlow_twins-b256"]["paper"] == 70.7
+
+
+def test_dry_run_prints_every_command(tmp_path, capsys):
+    args = ["ablate", "table6", "--data", "digits", "--eval-data", "digits:test", "--seeds", "2"]
+    assert main([*args, "--out", str(tmp_path), "--dry-run", "--limit", "96", "--set", "model.projector=32-32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 * 2 * 3 and sum(" pretrain " in line for line in lines) == 8
+    assert sum("--random-init" in line for line in lines) == 2  # the floor beside the first run only
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_tiny_table6_study_writes_the_report_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "t6"
+    args = ["ablate", "table6", "--data", "digits", "--eval-data", "digits:test", "--recipe", "demo"]
+    args += ["--seeds", "1", "--time-budget", "", "--limit", "64", "--eval-limit", "40", "--workers", "0"]
+    args += ["--linear-epochs", "3", "--out", str(out)]
+    for override in ("train.epochs=1", "train.batch_size=32", "model.projector=16-16", "train.precision=fp32"):
+        args += ["--set", override]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == [
+        "baseline",
+        "stop_gradient",
+        "predictor",
+        "predictor_stop_gradient",
+    ]
+    assert all(r["ours"]["linear"]["mean"] is not None and r["ours"]["knn"]["mean"] is not None for r in report["rows"])
+    assert report["random_init_floor"]["linear"] is not None
+    assert (out / "report.md").read_text().count("| predictor") == 2 and (out / "report.png").is_file()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("finished, skipped") == 4
