@@ -16,6 +16,11 @@ class BarlowTwins(nn.Module):
 
     The views go through the network separately, as in the official code, so batch-norm statistics are
     per view. The loss runs in fp32 even under autocast (see :mod:`barlowtwins.losses.barlow_twins`).
+
+    ``scale`` (``loss.scale``, solo-learn's ``scale_loss``) multiplies the gradient of the returned ``loss``
+    but not its value: the logged loss stays eq. 1's, comparable between runs of any scale (solo-learn logs
+    the scaled one: multiply ours by the scale to compare). Under LARS the scale reaches the adapted weights
+    only through weight decay; biases and BN parameters step in proportion to it.
     """
 
     terms = ("loss", "invariance", "redundancy")  # redundancy already carries the factor lambda
@@ -23,8 +28,11 @@ class BarlowTwins(nn.Module):
     logged = terms + diagnostics
     shown = ("loss", "on_diag_mean")  # on the progress bar
 
-    def __init__(self, backbone: Backbone, projector: nn.Module, loss: BarlowTwinsLoss):
+    def __init__(
+        self, backbone: Backbone, projector: nn.Module, loss: BarlowTwinsLoss, scale: float = LossConfig.scale
+    ):
         super().__init__()
+        self.scale = scale
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
         self.projector = projector
@@ -35,7 +43,10 @@ class BarlowTwins(nn.Module):
         z_a = self.projector(self.backbone(y_a))
         z_b = self.projector(self.backbone(y_b))
         terms = self.loss.terms(z_a, z_b)
-        return {name: getattr(terms, name) for name in self.logged}
+        out = {name: getattr(terms, name) for name in self.logged}
+        if self.scale != 1:  # value of the loss, gradient of scale x loss
+            out["loss"] = self.scale * terms.loss + (1 - self.scale) * terms.loss.detach()
+        return out
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's excluded names and the projector's 1-D parameters (biases, BN), as the official code."""
@@ -49,4 +60,4 @@ class BarlowTwins(nn.Module):
 def build(backbone: Backbone, model: ModelConfig, loss: LossConfig) -> BarlowTwins:
     """The paper's twin network: ``backbone``, the projector of ``model.projector``, the loss with ``loss.lambd``."""
     projector = build_projector(backbone.dim, model.projector, model.projector_bn)
-    return BarlowTwins(backbone, projector, BarlowTwinsLoss(loss.lambd, loss.formulation))
+    return BarlowTwins(backbone, projector, BarlowTwinsLoss(loss.lambd, loss.formulation), loss.scale)

@@ -159,6 +159,7 @@ def _setup(config: PretrainConfig) -> _Setup:
         o.weight_decay,
         o.momentum,
         o.lars_eta,
+        o.clip_lr,
     )
     trainer = method
     if distributed.is_distributed():
