@@ -137,3 +137,14 @@ def test_loss_scale_reaches_the_training_method():
 
     config = make_config("cifar10", [{"model": {"projector": "8-8-8"}}])
     assert build_method(config).scale == 0.1
+
+
+def test_runs_saved_before_scale_and_clip_lr_existed_still_resume():
+    from barlowtwins.recipes import incompatible_changes
+
+    saved = make_config("demo").to_dict()
+    del saved["loss"]["scale"], saved["optim"]["clip_lr"]
+    assert incompatible_changes(saved, make_config("demo")) == []
+    assert incompatible_changes(saved, make_config("cifar10")) != []
+    changed = make_config("demo", [{"loss": {"scale": 0.5}}])
+    assert incompatible_changes(saved, changed) == ["loss.scale"]

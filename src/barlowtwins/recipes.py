@@ -197,4 +197,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def incompatible_changes(saved: dict[str, Any], current: PretrainConfig) -> list[str]:
     """Keys whose values differ between a saved run and the current config and matter for resuming."""
     old, new = flatten(saved), flatten(current.to_dict())
+    defaults = flatten(PretrainConfig().to_dict())
+    old = {**{k: defaults[k] for k in set(new) - set(old) if k in defaults}, **old}  # a field added since: default
     return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
