@@ -55,7 +55,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model(formulation: str = "auto") -> nn.Module:
+def _model(formulation: str = "auto", scale: float = 1.0) -> nn.Module:
     """The Barlow Twins method (networks and loss) as the loop builds it, every batch-norm weight and bias randomised.
 
     ``zero_init_residual`` zeroes the last BN weight of each residual block, which would make the
@@ -66,7 +66,7 @@ def _model(formulation: str = "auto") -> nn.Module:
     model = METHODS["barlow_twins"](
         build_backbone("resnet18", small_stem=True),
         ModelConfig(projector=PROJECTOR),
-        LossConfig(formulation=formulation),
+        LossConfig(formulation=formulation, scale=scale),
     ).double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -115,6 +115,29 @@ def _naive_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor + (total - tensor.detach())
 
 
+class _OfficialLoss(nn.Module):
+    """facebookresearch/barlowtwins ``main.py``'s ``BarlowTwins.forward`` transcribed literally, on our backbone
+    and projector: ``BatchNorm1d(affine=False)`` (made global by ``convert_sync_batchnorm``), ``c.div_(batch_size)``
+    with the global batch size, then the plain ``torch.distributed.all_reduce(c)``, which autograd does not see."""
+
+    def __init__(self, method: nn.Module, batch_size: int, lambd: float = LossConfig.lambd):
+        super().__init__()
+        self.backbone, self.projector = method.backbone, method.projector
+        self.bn = nn.BatchNorm1d(method.projector[-1].out_features, affine=False).double()
+        self.batch_size, self.lambd = batch_size, lambd
+
+    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> dict:
+        z1 = self.projector(self.backbone(y1))
+        z2 = self.projector(self.backbone(y2))
+        c = self.bn(z1).T @ self.bn(z2)
+        c.div_(self.batch_size)
+        torch.distributed.all_reduce(c)
+        on_diag = torch.diagonal(c).add_(-1).pow_(2).sum()
+        n = c.shape[0]
+        off_diag = c.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten().pow_(2).sum()  # their off_diagonal
+        return {"loss": on_diag + self.lambd * off_diag}
+
+
 SHARDS, PER_SHARD = 4, 3
 
 
@@ -153,6 +176,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             model = distributed.convert_sync_batchnorm(_model(formulation), "cpu")
             trainer = nn.parallel.DistributedDataParallel(model)
             results[formulation] = _train_step(model, trainer, y_a[mine], y_b[mine])
+        # Ours with loss.scale = 1 / W against a literal transcription of the official loss (README, distributed).
+        model = distributed.convert_sync_batchnorm(_model("cross", scale=1 / WORLD), "cpu")
+        results["scaled"] = _train_step(model, nn.parallel.DistributedDataParallel(model), y_a[mine], y_b[mine])
+        model = _model("cross")
+        official = distributed.convert_sync_batchnorm(_OfficialLoss(model, WORLD * PER_RANK), "cpu")
+        results["official"] = _train_step(model, nn.parallel.DistributedDataParallel(official), y_a[mine], y_b[mine])
         # Control: the same step with the plain all-reduce of the official code.
         bt_loss.all_reduce_sum = _naive_all_reduce_sum
         model = distributed.convert_sync_batchnorm(_model("cross"), "cpu")
@@ -222,6 +251,29 @@ def test_plain_all_reduce_would_lose_a_factor_of_world_size(two_process_results,
     ratios = [naive["grads"][n].norm() / expected["grads"][n].norm() for n in expected["grads"]]
     median_ratio = torch.stack(ratios).median().item()
     assert abs(median_ratio - 1 / WORLD) < 0.1, median_ratio
+
+
+def test_loss_scale_one_over_world_reproduces_the_official_code(two_process_results, one_process_results):
+    """README "Reproducing the official code on W processes": with ``loss.scale = 1/W`` our gradients and one
+    LARS step equal those of the official loss (plain all_reduce) on the same W processes and data. Without the
+    scale, biases and BN parameters (no LARS adaptation) step W times further than the official code's; the
+    adapted weights nearly ignore the scale (it reaches them only through the tiny weight decay)."""
+    official, unscaled = two_process_results[0]["official"], two_process_results[0]["cross"]
+    model = _model()
+    one_d = {name for name, p in model.named_parameters() if p.ndim == 1}
+    assert one_d == model.no_weight_decay() and one_d  # the parameters LARS does not adapt
+    for rank_results in two_process_results:
+        scaled = rank_results["scaled"]
+        assert _relative_error(scaled["loss"], official["loss"]) < RTOL  # the logged loss stays unscaled
+        for quantity in ("grads", "updates"):
+            errors = {n: _relative_error(scaled[quantity][n], official[quantity][n]) for n in official[quantity]}
+            worst = max(errors, key=errors.get)
+            assert errors[worst] < RTOL, f"{quantity} of {worst} differ by {errors[worst]:.2e} (relative)"
+    for name in one_d:
+        assert _relative_error(unscaled["updates"][name], WORLD * official["updates"][name]) < RTOL, name
+    weights = [name for name in official["updates"] if name not in one_d]
+    ratios = torch.stack([unscaled["updates"][n].norm() / official["updates"][n].norm() for n in weights])
+    assert ((ratios - 1).abs() < 0.05).all(), ratios.max()
 
 
 def test_each_process_reads_its_own_shards(two_process_results):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from barlowtwins.config import LossConfig, ModelConfig
+from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.losses.byol import regression_loss, target_momentum
 from barlowtwins.losses.nt_xent import nt_xent_terms
 from barlowtwins.methods import METHODS
@@ -148,3 +149,20 @@ def test_predictor_must_end_at_the_projector_width():
 
     with pytest.raises(BarlowTwinsError, match="output width 8"):
         _build("barlow_twins", predictor="16-4")
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "value"),
+    [("simclr", "loss.scale", 0.1), ("byol", "loss.lambd", 0.01), ("simclr", "model.momentum", 0.99)],
+)
+def test_a_setting_the_method_does_not_read_is_refused(method, key, value):
+    """A Barlow Twins-only (or BYOL-only) setting changed for another method: one line, not silently ignored."""
+    from barlowtwins import make_config
+    from barlowtwins.train.loop import build_method
+
+    section, field = key.split(".")
+    overrides = {"model": {"method": method, "projector": "8-8"}, "loss": {}}
+    overrides[section][field] = value
+    config = make_config(None, [overrides])
+    with pytest.raises(BarlowTwinsError, match=f"{key}={value!r} has no effect with --method {method}"):
+        build_method(config)

@@ -120,3 +120,110 @@ def twin(arch: str = "resnet18", projector: str = "64-64-32", small_stem: bool =
     return METHODS["barlow_twins"](
         build_backbone(arch, small_stem), ModelConfig(projector=projector), LossConfig(formulation=formulation)
     )
+
+
+class _SoloLearnLARS(torch.optim.Optimizer):
+    """Literal transcription of solo-learn's ``solo/utils/lars.py`` step (dampening 0, no Nesterov), the
+    reference for ``clip_lr``: solo-learn's ``exclude_bias_n_norm`` skips 1-D parameters (no decay, no trust)."""
+
+    def __init__(self, params, lr, momentum, weight_decay, eta, eps=1e-8, clip_lars_lr=True):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
+                                      clip_lars_lr=clip_lars_lr))  # fmt: skip
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            weight_decay, momentum = group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                d_p = p.grad
+                p_norm = torch.norm(p.data)
+                g_norm = torch.norm(p.grad.data)
+                if p.ndim != 1:  # noqa: SIM102 (their nesting, kept literal)
+                    if p_norm != 0 and g_norm != 0:
+                        lars_lr = p_norm / (g_norm + p_norm * weight_decay + group["eps"])
+                        lars_lr *= group["eta"]
+                        if group["clip_lars_lr"]:
+                            lars_lr = min(lars_lr / group["lr"], 1)
+                        d_p = d_p.add(p, alpha=weight_decay)
+                        d_p *= lars_lr
+                param_state = self.state[p]
+                if "momentum_buffer" not in param_state:
+                    buf = param_state["momentum_buffer"] = torch.clone(d_p).detach()
+                else:
+                    buf = param_state["momentum_buffer"]
+                    buf.mul_(momentum).add_(d_p)
+                p.add_(buf, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.3, 30.0])  # 0.01: the clip binds at every step; 0.3, 30: never
+def test_clip_lr_is_solo_learns_lars(lr):
+    """Three steps on random tensors (a 2-D weight with decay and trust, a 1-D bias with neither), changing lr
+    between steps as a schedule does, against the literal transcription of solo-learn's update."""
+    generator = torch.Generator().manual_seed(3)
+    weight0, bias0 = torch.randn(8, 5, generator=generator), torch.randn(5, generator=generator)
+    grads = [(torch.randn(8, 5, generator=generator), torch.randn(5, generator=generator)) for _ in range(3)]
+    ours = [weight0.clone().requires_grad_(), bias0.clone().requires_grad_()]
+    theirs = [weight0.clone().requires_grad_(), bias0.clone().requires_grad_()]
+    wd, eta = 1e-4, 0.02
+    optimizer = LARS(
+        [
+            {"params": [ours[0]], "weight_decay": wd, "lars_adaptation": True},
+            {"params": [ours[1]], "weight_decay": 0.0, "lars_adaptation": False},
+        ],
+        lr=lr, momentum=0.9, eta=eta, clip_lr=True,
+    )  # fmt: skip
+    reference = _SoloLearnLARS(theirs, lr=lr, momentum=0.9, weight_decay=wd, eta=eta)
+    clipped = []
+    for i, (g_weight, g_bias) in enumerate(grads):
+        for opt in (optimizer, reference):
+            for group in opt.param_groups:
+                group["lr"] = lr * (i + 1) / 3
+        for params in (ours, theirs):
+            params[0].grad, params[1].grad = g_weight.clone(), g_bias.clone()
+        trust = eta * ours[0].norm() / (g_weight.norm() + wd * ours[0].norm())
+        clipped.append(bool(trust > lr * (i + 1) / 3))
+        optimizer.step()
+        reference.step()
+        torch.testing.assert_close(ours[0].detach(), theirs[0].detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours[1].detach(), theirs[1].detach(), rtol=1e-6, atol=1e-7)
+    assert all(clipped) if lr == 0.01 else not any(clipped)  # both regimes are exercised
+
+
+def test_clip_lr_caps_the_adapted_learning_rate_by_hand():
+    """With a learning rate above the trust ratio the step is the trust ratio times the gradient."""
+    p = torch.tensor([[3.0, 4.0]], requires_grad=True)  # ||p|| = 5
+    p.grad = torch.tensor([[0.0, 1.0]])
+    lr, eta = 100.0, 0.02
+    LARS([p], lr=lr, weight_decay=0.0, momentum=0.9, eta=eta, clip_lr=True).step()
+    trust = eta * 5.0 / 1.0  # 0.1 < lr: the adapted lr is the trust ratio itself, not lr * trust
+    torch.testing.assert_close(p.detach(), torch.tensor([[3.0, 4.0 - trust]]))
+
+
+def test_build_optimizer_passes_clip_lr():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    no_decay = {name for name, p in model.named_parameters() if p.ndim == 1}
+    optimizer = build_optimizer(model, no_decay, "lars", 256, 0.3, 0.3, 1e-4, clip_lr=True)
+    assert [g["clip_lr"] for g in optimizer.param_groups] == [True, True]
+    assert [g["lars_adaptation"] for g in optimizer.param_groups] == [True, False]
+
+
+def test_loss_scale_scales_gradients_not_the_logged_loss():
+    """loss.scale = 0.1: every gradient is 0.1 x that of scale 1; loss, terms and diagnostics are unchanged."""
+    torch.manual_seed(0)
+    y_a, y_b = torch.randn(6, 3, 8, 8).double(), torch.randn(6, 3, 8, 8).double()
+    results = []
+    for scale in (1.0, 0.1):
+        torch.manual_seed(1)
+        model = METHODS["barlow_twins"](
+            build_backbone("resnet18", small_stem=True), ModelConfig(projector="16-16-32"), LossConfig(scale=scale)
+        ).double()
+        terms = model(y_a, y_b)
+        terms["loss"].backward()
+        results.append((terms, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (terms1, grads1), (terms01, grads01) = results
+    for name in ("loss", "invariance", "redundancy", "on_diag_mean", "off_diag_rms"):
+        torch.testing.assert_close(terms01[name], terms1[name])
+    nonzero = [name for name, grad in grads1.items() if grad.norm() > 0]  # zero_init_residual zeroes some
+    assert len(nonzero) > len(grads1) // 2
+    for name, grad in grads1.items():
+        assert ((grads01[name] - 0.1 * grad).norm() <= 1e-10 * grad.norm()).item(), name

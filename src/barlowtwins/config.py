@@ -78,16 +78,18 @@ class LossConfig:
     formulation: str = "auto"  # "cross" (DxD matrix), "gram" (batch space, for wide projectors), "auto"
     objective: str = "barlow_twins"  # eq. 1, or a Table 5 variant (config.OBJECTIVES)
     temperature: float = 0.5  # NT-Xent's and Table 5's cross-entropy tau; SimCLR's CIFAR-10 value (Chen 2020a, B.9)
+    scale: float = 1.0  # gradients of the loss x this (solo-learn's scale_loss); logged terms stay unscaled
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = "lars"  # "lars" (paper), "sgd" or "adamw" (often better for small data)
-    lr_weights: float = 0.2  # peak lr of weights per 256 images (official code, paper §2.2)
+    lr_weights: float = 0.2  # peak lr of weights per 256 images (official code, paper §2.2); recipes may say "auto"
     lr_biases: float = 0.0048  # peak lr of biases and BN parameters per 256 images (official code)
     weight_decay: float = 1.5e-6  # paper §2.2; never applied to biases and BN parameters
     momentum: float = 0.9  # LARS and SGD; AdamW uses beta1 = momentum
     lars_eta: float = 0.001  # LARS trust coefficient (official code)
+    clip_lr: bool = False  # LARS as solo-learn's clip_lr: adapted lr min(eta||w||/(||g||+wd||w||), lr); False: official
     warmup_epochs: float = 10.0  # linear warm-up from 0 (paper §2.2)
     final_lr_ratio: float = 0.01  # cosine decays to peak x this: paper 0.2 -> 0.002; official code 0.001
 

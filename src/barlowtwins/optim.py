@@ -20,6 +20,11 @@ class LARS(torch.optim.Optimizer):
         m <- momentum * m + g;   p <- p - lr * m
     Groups with ``lars_adaptation=False`` (biases and BN parameters, via :func:`param_groups`) take
     plain momentum SGD steps; their ``weight_decay`` is 0 there.
+
+    ``clip_lr=True`` is solo-learn's LARS (``solo/utils/lars.py``, ``clip_lars_lr``; from Lightning Bolts):
+        trust <- eta * ||p|| / (||grad|| + weight_decay * ||p|| + 1e-8)      (both norms positive)
+        trust <- min(trust / lr, 1);   g <- (grad + weight_decay * p) * trust
+    so the adapted step ``lr * trust`` never exceeds the scheduled lr (their CIFAR recipes set it).
     """
 
     def __init__(
@@ -30,8 +35,16 @@ class LARS(torch.optim.Optimizer):
         momentum: float = OptimConfig.momentum,
         eta: float = OptimConfig.lars_eta,
         lars_adaptation: bool = True,
+        clip_lr: bool = OptimConfig.clip_lr,
     ):
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars_adaptation=lars_adaptation)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            eta=eta,
+            lars_adaptation=lars_adaptation,
+            clip_lr=clip_lr,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -45,18 +58,10 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 update = p.grad
-                if group["weight_decay"] != 0:
-                    update = update.add(p, alpha=group["weight_decay"])
-                if group["lars_adaptation"]:
-                    param_norm = torch.linalg.vector_norm(p)
-                    update_norm = torch.linalg.vector_norm(update)
-                    ones = torch.ones_like(param_norm)
-                    trust = torch.where(
-                        param_norm > 0,
-                        torch.where(update_norm > 0, group["eta"] * param_norm / update_norm, ones),
-                        ones,
-                    )
-                    update = update.mul(trust)
+                if group["lars_adaptation"] and group.get("clip_lr", False):
+                    update = _clipped_lars_update(p, update, group["lr"], group["weight_decay"], group["eta"])
+                elif group["lars_adaptation"] or group["weight_decay"] != 0:
+                    update = _lars_update(p, update, group["weight_decay"], group["eta"], group["lars_adaptation"])
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
@@ -64,6 +69,37 @@ class LARS(torch.optim.Optimizer):
                 buffer.mul_(group["momentum"]).add_(update)
                 p.add_(buffer, alpha=-group["lr"])
         return loss
+
+
+def _lars_update(p: torch.Tensor, grad: torch.Tensor, weight_decay: float, eta: float, adapt: bool) -> torch.Tensor:
+    """The official code's update: weight decay, then the trust ratio eta * ||p|| / ||g|| when ``adapt``."""
+    update = grad.add(p, alpha=weight_decay) if weight_decay != 0 else grad
+    if not adapt:
+        return update
+    param_norm = torch.linalg.vector_norm(p)
+    update_norm = torch.linalg.vector_norm(update)
+    ones = torch.ones_like(param_norm)
+    trust = torch.where(
+        param_norm > 0,
+        torch.where(update_norm > 0, eta * param_norm / update_norm, ones),
+        ones,
+    )
+    return update.mul(trust)
+
+
+def _clipped_lars_update(
+    p: torch.Tensor, grad: torch.Tensor, lr: float, weight_decay: float, eta: float, eps: float = 1e-8
+) -> torch.Tensor:
+    """solo-learn's update with ``clip_lr`` (see :class:`LARS`); parameters or gradients of norm 0 pass
+    unchanged, without weight decay, as there. At lr 0 (the first warm-up step) the step is 0 either way."""
+    param_norm = torch.linalg.vector_norm(p)
+    grad_norm = torch.linalg.vector_norm(grad)
+    if param_norm == 0 or grad_norm == 0:
+        return grad
+    trust = eta * param_norm / (grad_norm + param_norm * weight_decay + eps)
+    if lr > 0:
+        trust = torch.clamp(trust / lr, max=1.0)
+    return grad.add(p, alpha=weight_decay).mul(trust)
 
 
 def param_groups(
@@ -94,6 +130,7 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = OptimConfig.momentum,
     lars_eta: float = OptimConfig.lars_eta,
+    clip_lr: bool = OptimConfig.clip_lr,
 ) -> torch.optim.Optimizer:
     """LARS, SGD or AdamW over :func:`param_groups`, peak learning rates scaled by batch_size / 256."""
     scale = batch_size / 256
@@ -101,7 +138,7 @@ def build_optimizer(
     if name == "lars":
         groups[0]["lars_adaptation"] = True
         groups[1]["lars_adaptation"] = False
-        return LARS(groups, lr=groups[0]["lr"], momentum=momentum, eta=lars_eta)
+        return LARS(groups, lr=groups[0]["lr"], momentum=momentum, eta=lars_eta, clip_lr=clip_lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum)
     if name == "adamw":

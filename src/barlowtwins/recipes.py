@@ -8,6 +8,7 @@ the wrong type are rejected at every level, so a typo cannot be silently ignored
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,11 +16,42 @@ from typing import Any
 
 import yaml
 
-from barlowtwins.config import RESUMABLE_CHANGES, PretrainConfig, validate
+from barlowtwins.config import RESUMABLE_CHANGES, OptimConfig, PretrainConfig, TrainConfig, validate
 from barlowtwins.errors import BarlowTwinsError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 YAML_11_WORDS = {"yes", "no", "on", "off", "y", "n"}
+# The authors' peak learning rates of weights per 256 images by global batch size, ResNet-50 on ImageNet
+# (official tracker, issue 7); biases and BN keep the official ratio lr_biases / lr_weights = 0.0048 / 0.2.
+IMAGENET_LR_BY_BATCH = {128: 0.7, 256: 0.4, 512: 0.3, 1024: 0.25, 2048: 0.2}
+AUTO = "auto"
+
+
+def auto_lr_weights(batch_size: int) -> float:
+    """The authors' ``lr_weights`` for ``batch_size`` (:data:`IMAGENET_LR_BY_BATCH`): linear in log2(batch)
+    between the listed sizes, clamped to the end values outside them. Like every ``lr_weights`` it is per 256
+    images: the optimiser's peak lr is this x batch_size / 256 (0.2 x 8 = 1.6 at 2048, as the official code)."""
+    sizes = sorted(IMAGENET_LR_BY_BATCH)
+    if batch_size <= sizes[0] or batch_size >= sizes[-1]:
+        return IMAGENET_LR_BY_BATCH[sizes[0] if batch_size <= sizes[0] else sizes[-1]]
+    upper = next(i for i, size in enumerate(sizes) if size >= batch_size)
+    low, high = sizes[upper - 1], sizes[upper]
+    t = (math.log2(batch_size) - math.log2(low)) / (math.log2(high) - math.log2(low))
+    return float(f"{IMAGENET_LR_BY_BATCH[low] + t * (IMAGENET_LR_BY_BATCH[high] - IMAGENET_LR_BY_BATCH[low]):.12g}")
+
+
+def _resolve_auto_lr(values: dict[str, Any]) -> dict[str, Any]:
+    """``optim.lr_weights: auto`` -> the authors' value for ``train.batch_size``; ``optim.lr_biases`` follows
+    with the official ratio unless it is set too."""
+    optim = values.get("optim", {})
+    if not isinstance(optim, dict) or str(optim.get("lr_weights", "")).lower() != AUTO:
+        return values
+    batch = values.get("train", {}).get("batch_size", TrainConfig.batch_size)
+    lr = auto_lr_weights(_coerce(batch, int, "train.batch_size"))
+    optim = {**optim, "lr_weights": lr}
+    if "lr_biases" not in optim or str(optim["lr_biases"]).lower() == AUTO:
+        optim["lr_biases"] = float(f"{lr * OptimConfig.lr_biases / OptimConfig.lr_weights:.12g}")  # no 0.006000001
+    return {**values, "optim": optim}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -143,7 +175,7 @@ def make_config(recipe: str | None = None, overrides: list[dict[str, Any]] | Non
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     for override in overrides or []:
         values = _merge(values, override)
-    return config_from_dict(values)
+    return config_from_dict(_resolve_auto_lr(values))
 
 
 def config_from_dict(values: dict[str, Any]) -> PretrainConfig:
@@ -165,4 +197,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def incompatible_changes(saved: dict[str, Any], current: PretrainConfig) -> list[str]:
     """Keys whose values differ between a saved run and the current config and matter for resuming."""
     old, new = flatten(saved), flatten(current.to_dict())
+    defaults = flatten(PretrainConfig().to_dict())
+    old = {**{k: defaults[k] for k in set(new) - set(old) if k in defaults}, **old}  # a field added since: default
     return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))

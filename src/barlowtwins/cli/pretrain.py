@@ -36,6 +36,15 @@ PRETRAIN_FLAGS = {
 }
 
 
+def _learning_rate(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{text}'") from None
+
+
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="named recipe (imagenet, cifar10, demo) or a YAML file")
     parser.add_argument("--data", nargs="+", help="image folder, .tar shards (pattern or paths), or dataset name")
@@ -53,7 +62,11 @@ def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambd", type=float, help="off-diagonal weight lambda")
     parser.add_argument("--loss-formulation", choices=FORMULATIONS)
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--lr", type=float, help="peak learning rate of weights per 256 images")
+    parser.add_argument(
+        "--lr",
+        type=_learning_rate,
+        help="peak learning rate of weights per 256 images, or 'auto': the authors' ImageNet value for the batch size",
+    )
     parser.add_argument("--out", help="run directory (resumes if it holds a checkpoint)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--time-budget", help="training time, e.g. 20m: the schedule is fitted to the steps that fit")

@@ -6,6 +6,38 @@
 * ``after_step(step, total_steps)``: called after each optimiser step (a momentum target network updates here).
 """
 
+from __future__ import annotations
+
+from barlowtwins.config import LossConfig, ModelConfig
+from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.methods import barlow_twins, byol, simclr
 
 METHODS = {"barlow_twins": barlow_twins.build, "simclr": simclr.build, "byol": byol.build}
+
+# Settings only some methods read: any other method refuses a changed value instead of ignoring it.
+READ_BY = {
+    "loss.lambd": ("barlow_twins",),
+    "loss.formulation": ("barlow_twins",),
+    "loss.objective": ("barlow_twins",),
+    "loss.scale": ("barlow_twins",),
+    "loss.temperature": ("barlow_twins", "simclr"),  # Barlow Twins: Table 5's cross-entropy objective
+    "model.predictor": ("barlow_twins", "byol"),
+    "model.stop_gradient": ("barlow_twins",),
+    "model.momentum": ("byol",),
+}
+
+
+def build_method(name: str, backbone, model: ModelConfig, loss: LossConfig):
+    """The method ``name`` on ``backbone``; refuses settings the method would not read."""
+    if name not in METHODS:
+        raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{name}')")
+    sections = {"model": (model, ModelConfig()), "loss": (loss, LossConfig())}
+    for key, readers in READ_BY.items():
+        section, field = key.split(".")
+        value, default = (getattr(config, field) for config in sections[section])
+        if name not in readers and value != default:
+            raise BarlowTwinsError(
+                f"{key}={value!r} has no effect with --method {name} (read by {', '.join(readers)}); "
+                f"remove it or set it to {default!r}"
+            )
+    return METHODS[name](backbone, model, loss)

@@ -20,6 +20,11 @@ class BarlowTwins(nn.Module):
 
     The views go through the network separately, as in the official code, so batch-norm statistics are
     per view. The loss runs in fp32 even under autocast (see :mod:`barlowtwins.losses.barlow_twins`).
+
+    ``scale`` (``loss.scale``, solo-learn's ``scale_loss``) multiplies the gradient of the returned ``loss``
+    but not its value: the logged loss stays eq. 1's, comparable between runs of any scale (solo-learn logs
+    the scaled one: multiply ours by the scale to compare). Under LARS the scale reaches the adapted weights
+    only through weight decay; biases and BN parameters step in proportion to it.
     """
 
     terms = ("loss", "invariance", "redundancy")  # redundancy already carries the factor lambda
@@ -34,8 +39,10 @@ class BarlowTwins(nn.Module):
         loss: BarlowTwinsLoss,
         predictor: nn.Module | None = None,
         stop_gradient: bool = False,
+        scale: float = LossConfig.scale,
     ):
         super().__init__()
+        self.scale = scale
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
         self.projector = projector
@@ -54,7 +61,10 @@ class BarlowTwins(nn.Module):
         else:
             z_b = self.projector(self.backbone(y_b))
         terms = self.loss.terms(z_a, z_b)
-        return {name: getattr(terms, name) for name in self.logged}
+        out = {name: getattr(terms, name) for name in self.logged}
+        if self.scale != 1:  # value of the loss, gradient of scale x loss
+            out["loss"] = self.scale * terms.loss + (1 - self.scale) * terms.loss.detach()
+        return out
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's excluded names and the projector's 1-D parameters (biases, BN), as the official code."""
@@ -78,4 +88,4 @@ def build(backbone: Backbone, model: ModelConfig, loss: LossConfig) -> BarlowTwi
             "(the loss compares it with branch B)"
         )
     objective = BarlowTwinsLoss(loss.lambd, loss.formulation, objective=loss.objective, temperature=loss.temperature)
-    return BarlowTwins(backbone, projector, objective, predictor, model.stop_gradient)
+    return BarlowTwins(backbone, projector, objective, predictor, model.stop_gradient, loss.scale)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from barlowtwins import distributed
+from barlowtwins import distributed, methods
 from barlowtwins.batched_views import batched_two_views
 from barlowtwins.config import EvalInputs, PretrainConfig, parse_duration
 from barlowtwins.data import ImageSource, Samples, in_memory, open_source, resolve_workers, training_batches
@@ -43,11 +43,11 @@ def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn
     """The method's networks and loss, the backbone initialised from ``train.seed`` (see ``initial_backbone``)
     unless a module built in Python is given (``custom_backbone``)."""
     m = config.model
-    if m.method not in METHODS:
+    if m.method not in METHODS:  # before building a backbone
         raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{m.method}')")
     if backbone is None:
         backbone = initial_backbone(m.arch, m.small_stem, config.train.seed)
-    return METHODS[m.method](backbone, m, config.loss)
+    return methods.build_method(m.method, backbone, m, config.loss)
 
 
 def train_step(trainer: nn.Module, optimizer, scaler, views, dtype: torch.dtype | None) -> dict[str, Any]:
@@ -167,6 +167,7 @@ def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
         o.weight_decay,
         o.momentum,
         o.lars_eta,
+        o.clip_lr,
     )
     trainer = method
     if distributed.is_distributed():
