@@ -8,6 +8,8 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,18 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def load_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only``: a pickle that names code (a class, a function) is refused unrun."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise BarlowTwinsError(
+            f"cannot load {path} (UnpicklingError: it holds Python objects beside tensors"
+            + (f", e.g. {found.group(1)}" if found else "")
+            + ", which could run code when loaded); save a plain state_dict: torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as error:
-        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {error})") from None
+        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {' '.join(str(error).split())})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -63,9 +73,13 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
 
     A JSON file beside it records the architecture and stem, which a bare state_dict cannot say.
     """
+    if Path(out).is_dir():
+        raise BarlowTwinsError(f"--out {out} is a directory; pass a file name such as {Path(out) / 'backbone.pth'}")
     state = load_checkpoint(checkpoint)
     weights = backbone_state_dict(state["model"])
     model_config = state["config"]["model"]
+    backbone, _, _ = build_backbone(model_config["arch"], model_config["small_stem"])
+    load_weights_into(backbone, weights, f"{checkpoint} (its config names {model_config['arch']})")
     info = {
         "arch": model_config["arch"],
         "small_stem": model_config["small_stem"],
@@ -76,8 +90,11 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "load_with": f"torchvision.models.{model_config['arch']}().load_state_dict(sd, strict=False)"
         + (" after barlowtwins.models.backbones.apply_small_stem(model)" if model_config["small_stem"] else ""),
     }
-    atomic_save(weights, out)
-    atomic_write_text(json.dumps(info, indent=2) + "\n", Path(out).with_suffix(".json"))
+    try:
+        atomic_save(weights, out)
+        atomic_write_text(json.dumps(info, indent=2) + "\n", Path(out).with_suffix(".json"))
+    except (OSError, RuntimeError) as error:
+        raise BarlowTwinsError(f"cannot write {out} ({error}); pass another --out") from None
     return info
 
 
