@@ -225,6 +225,9 @@ def test_unwritable_outputs(tmp_path, weights, monkeypatch, capsys):
     assert f"cannot write results to {a_file} (File exists)" in error_line(capsys, *argv)
     assert a_file.read_text() == "keep me\n"
 
+    argv = ["knn", "--checkpoint", str(weights), "--arch", "resnet18", *DIGITS, "--out", str(tmp_path)]
+    assert f"--out {tmp_path} is a directory; pass a file name such as" in error_line(capsys, *argv)
+
     read_only = tmp_path / "read-only"
     real_mkdir = pathlib.Path.mkdir
 

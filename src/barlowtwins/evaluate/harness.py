@@ -135,6 +135,8 @@ def prepare(inputs: EvalInputs, name: str, data: bool = True) -> Evaluation:
         test_limit = i.limit if i.test_limit is None else i.test_limit
         test = open_source(i.test_data, i.data_root, i.download, test_limit, what="--test-data")
     out = output_path(inputs, name)
+    if out.is_dir():
+        raise BarlowTwinsError(f"--out {out} is a directory; pass a file name such as {out / (name + '.json')}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".log").write_text("")
