@@ -260,3 +260,33 @@ def test_the_run_lock_is_exclusive_and_released(tmp_path):
     first.release()
     second.acquire()  # free again once released (or once its process ended)
     second.release()
+
+
+# Rank 1 alone gets SIGUSR1 during its 2nd step; rank 0 must learn it from the all-reduce and stop there too.
+SIGNAL_RANK_1 = """
+import os, signal, sys
+from barlowtwins.train import loop
+real, calls = loop.train_step, []
+def train_step(*args):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real(*args)
+loop.train_step = train_step
+from barlowtwins.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_under_torchrun_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+    script, out = tmp_path / "signal_rank_1.py", tmp_path / "run"
+    script.write_text(SIGNAL_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    result = subprocess.run([*launcher, *RUN, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert result.stderr.count(f"stopped by SIGUSR1: checkpointed at step 2 in {out}") == 2, result.stderr[-3000:]
+    assert load_checkpoint(out)["step"] == 2
+    assert _logged_steps(out) == [1, 2]
