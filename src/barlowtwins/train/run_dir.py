@@ -180,16 +180,24 @@ class RunDir:
                 "config": config.to_dict(),
                 "version": package_version(),
             }
-            try:
-                atomic_save(state, self.path / CHECKPOINT_NAME)
-            except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-                kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
-                raise BarlowTwinsError(
-                    f"cannot write the checkpoint of step {step} to {self.path} ({error}); {kept}; "
-                    "free disk space and run the same command to resume"
-                ) from None
+            problem = self._write_checkpoint(state, step)
+        problem = distributed.broadcast_object(problem if self.main else None)  # all stop; none waits forever
+        if problem:
+            raise BarlowTwinsError(problem)
         self.saved_step = step
         distributed.barrier()
+
+    def _write_checkpoint(self, state: dict[str, Any], step: int) -> str | None:
+        """Write ``checkpoint.pt`` atomically; returns what went wrong (the previous checkpoint is intact)."""
+        try:
+            atomic_save(state, self.path / CHECKPOINT_NAME)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
+            return (
+                f"cannot write the checkpoint of step {step} to {self.path} ({' '.join(str(error).split())}); "
+                f"{kept}; free disk space and run the same command to resume"
+            )
+        return None
 
     def write_json(self, name: str, report: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
