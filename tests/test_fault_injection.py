@@ -290,3 +290,12 @@ def test_under_torchrun_a_signal_to_one_process_stops_all_at_the_same_step(tmp_p
     assert result.stderr.count(f"stopped by SIGUSR1: checkpointed at step 2 in {out}") == 2, result.stderr[-3000:]
     assert load_checkpoint(out)["step"] == 2
     assert _logged_steps(out) == [1, 2]
+
+
+def test_resume_drops_metrics_after_the_checkpoint_and_a_line_cut_by_a_kill(tmp_path):
+    from barlowtwins.train.run_dir import RunDir
+
+    lines = [json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 7, "lo')
+    RunDir(tmp_path, main=True)._truncate_metrics(4)
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:4])

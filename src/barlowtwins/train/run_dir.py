@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,14 @@ class RunLock:
             self._handle = None
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return json.loads(line)["step"] if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class RunDir:
     """A run directory, used as a context manager around the training loop (closes the logs)."""
 
@@ -85,11 +94,12 @@ class RunDir:
         return None
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the lines logged after the checkpoint's ``step``: the resumed run logs those steps again."""
+        """Drop the lines logged after the checkpoint's ``step`` (the resumed run logs those steps again) and
+        a line cut short by a kill."""
         metrics = self.path / "metrics.jsonl"
         if metrics.is_file():
             lines = metrics.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            kept = [line for line in lines if _logged_step(line) <= step]
             if len(kept) != len(lines):
                 atomic_write_text("".join(kept), metrics)
 
