@@ -26,6 +26,8 @@ TINY = [
     "0",
     "--set",
     "train.log_every=1",
+    "--precision",
+    "fp32",  # "auto" measures bf16 against fp32, which a loaded machine can decide differently run to run
 ]
 
 

@@ -46,3 +46,13 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     _atomic_write(path, lambda handle: handle.write(data))
+
+
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete the temporary files that writes killed mid-way left in ``directory`` (call it only while no
+    other process writes there, e.g. holding the run's lock); returns the bytes freed."""
+    freed = 0
+    for leftover in Path(directory).glob(".*.tmp"):
+        freed += leftover.stat().st_size
+        leftover.unlink(missing_ok=True)
+    return freed

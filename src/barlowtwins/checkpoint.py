@@ -8,6 +8,8 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,23 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def load_file(path: str | Path) -> Any:
-    """A torch file (``weights_only``) or a ``.safetensors`` file, on the CPU."""
+    """A ``.safetensors`` file, or ``torch.load`` with ``weights_only``: a pickle that names code (a class, a
+    function) is refused unrun. On the CPU."""
     try:
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file as load_safetensors
 
             return load_safetensors(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise BarlowTwinsError(
+            f"cannot load {path} (UnpicklingError: it holds Python objects beside tensors"
+            + (f", e.g. {found.group(1)}" if found else "")
+            + ", which could run code when loaded); save a plain state_dict: torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as error:
-        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {error})") from None
+        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {' '.join(str(error).split())})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

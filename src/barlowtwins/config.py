@@ -172,7 +172,7 @@ class EvalInputs:
     checkpoint: str = ""  # run directory, checkpoint, exported backbone, or plain state_dict file
     arch: str = ""  # architecture of a plain state_dict ("": from the checkpoint or its .json sidecar)
     small_stem: bool | None = None  # None: from the checkpoint or sidecar, else False
-    image_size: int = 0  # 0: the pretraining size, else 32 (small stem) or 224
+    image_size: int | None = None  # None: the pretraining size, else 32 (small stem) or 224
     mean: tuple[float, ...] = ()  # (): the pretraining normalisation, else ImageNet's
     std: tuple[float, ...] = ()
     resize_ratio: float = 0.0  # test-time resize before the centre crop; 0: B.1's 256/224 above 64 px, else none
@@ -301,6 +301,63 @@ def validate(config: PretrainConfig) -> None:
     if not config.knn.k or any(k < 1 for k in config.knn.k):
         raise BarlowTwinsError(f"knn.k must be positive integers (got {config.knn.k})")
     parse_projector_spec(m.projector)
+    for section in dataclasses.fields(config):
+        check_ranges(getattr(config, section.name), section.name)
+
+
+def _between(low: float, high: float, text: str):
+    return lambda v: low <= v < high, text
+
+
+# The obvious range of each numeric setting, by field name (the same name means the same thing in every section).
+RANGES = {
+    "limit": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "eval_limit": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "test_limit": (lambda v: v is None or v >= 0, ">= 0"),
+    "workers": (lambda v: v >= -1, ">= -1 (-1: one per core)"),
+    "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
+    "stored_size": (lambda v: v >= 0, ">= 0 (0: the image size)"),
+    "image_size": (lambda v: v is None or v >= 1, ">= 1"),
+    "resize_ratio": (lambda v: v >= 0, ">= 0 (0: the default)"),
+    "jitter": (lambda v: v >= 0, ">= 0"),
+    "blur_sigma": (lambda v: v > 0, "> 0"),
+    "std": (lambda v: v > 0, "> 0"),
+    "lambd": (lambda v: v >= 0, ">= 0"),
+    "lr": (lambda v: v >= 0, ">= 0"),
+    "lr_weights": (lambda v: v >= 0, ">= 0"),
+    "lr_biases": (lambda v: v >= 0, ">= 0"),
+    "lr_backbone": (lambda v: v >= 0, ">= 0"),
+    "lr_classifier": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": _between(0, 1, "in [0, 1)"),
+    "lars_eta": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
+    "k": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "milestones": (lambda v: v >= 1, ">= 1"),
+    "drops": (lambda v: v >= 0, ">= 0"),
+    "svm_costs": (lambda v: v > 0, "> 0"),
+    "svm_folds": (lambda v: v >= 2, ">= 2"),
+}
+
+
+def check_ranges(settings: Any, section: str = "", flags: bool = False) -> None:
+    """Reject a numeric field of the dataclass ``settings`` outside its range in :data:`RANGES` (tuples:
+    every element), naming the setting (``section.field``, or ``--field`` for ``flags``) and the range."""
+    for f in dataclasses.fields(settings):
+        value, rule = getattr(settings, f.name), RANGES.get(f.name)
+        if rule is None or isinstance(value, bool):
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        numbers = [v for v in values if v is None or isinstance(v, (int, float))]
+        if not all(rule[0](v) for v in numbers):
+            name = "--" + f.name.replace("_", "-") if flags else f"{section}.{f.name}" if section else f.name
+            raise BarlowTwinsError(f"{name} must be {rule[1]} (got {value!r})")
 
 
 def _validate_method(config: PretrainConfig) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from barlowtwins.atomic import atomic_save, atomic_write_bytes, atomic_write_text
-from barlowtwins.checkpoint import backbone_state_dict, checkpoint_path, load_checkpoint
-from barlowtwins.models.backbones import TIMM_PREFIX
+from barlowtwins.checkpoint import backbone_state_dict, checkpoint_path, load_checkpoint, load_weights_into
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.models.backbones import CUSTOM, TIMM_PREFIX, build_backbone
 from barlowtwins.runtime import package_version
 
 
@@ -44,10 +45,15 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
 
     Returns the sidecar's contents. The safetensors header carries the same JSON under ``"barlowtwins"``.
     """
+    if Path(out).is_dir():
+        raise BarlowTwinsError(f"--out {out} is a directory; pass a file name such as {Path(out) / 'backbone.pth'}")
     state = load_checkpoint(checkpoint)
     weights = {k: v.contiguous() for k, v in backbone_state_dict(state["model"]).items()}
     config, paths = state["config"], export_paths(out)
     model, augment = config["model"], config["augment"]
+    if model["arch"] != CUSTOM:  # the weights must fit the architecture the sidecar will name
+        backbone = build_backbone(model["arch"], model["small_stem"]).module
+        load_weights_into(backbone, weights, f"{checkpoint} (its config names {model['arch']})")
     try:
         from safetensors.torch import save as safetensors_bytes
     except ImportError:
@@ -67,11 +73,14 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
         "files": {k: paths[k].name for k in ("pth", "safetensors") if k == "pth" or safetensors},
         "load_with": load_with(model["arch"], model["small_stem"], paths),
     }
-    atomic_save(weights, paths["pth"])
-    if safetensors:
-        metadata = {"format": "pt", "barlowtwins": json.dumps(info)}
-        atomic_write_bytes(safetensors_bytes(weights, metadata=metadata), paths["safetensors"])
-    atomic_write_text(json.dumps(info, indent=2) + "\n", paths["json"])
+    try:
+        atomic_save(weights, paths["pth"])
+        if safetensors:
+            metadata = {"format": "pt", "barlowtwins": json.dumps(info)}
+            atomic_write_bytes(safetensors_bytes(weights, metadata=metadata), paths["safetensors"])
+        atomic_write_text(json.dumps(info, indent=2) + "\n", paths["json"])
+    except (OSError, RuntimeError) as error:
+        raise BarlowTwinsError(f"cannot write {out} ({error}); pass another --out") from None
     return info
 
 

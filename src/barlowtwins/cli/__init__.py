@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from barlowtwins.cli import ablate, evaluate, pretrain
-from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.errors import BarlowTwinsError, Preempted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except BarlowTwinsError as error:
         print(f"barlowtwins: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"barlowtwins: {stop}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print(
             "barlowtwins: interrupted; the last checkpoint is intact, run the same command to resume",

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from barlowtwins.config import EvalInputs, KnnConfig, LinearConfig, SemiConfig, TransferConfig
+from barlowtwins.config import EvalInputs, KnnConfig, LinearConfig, SemiConfig, TransferConfig, check_ranges
 
 HELP = {
     "checkpoint": "run directory, checkpoint, exported backbone, or plain state_dict file",
@@ -66,7 +66,9 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...]
 def from_args(cls: type, args: argparse.Namespace):
     """An instance of ``cls`` from the parsed flags; lists become tuples, as the fields declare."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    settings = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    check_ranges(settings, flags=True)
+    return settings
 
 
 def _cmd_knn(args: argparse.Namespace) -> None:
@@ -97,6 +99,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     from barlowtwins.evaluate import embed
 
+    check_ranges(KnnConfig(batch_size=args.batch_size), flags=True)
     embed.run(from_args(EvalInputs, args), args.data, args.out, args.projector, args.batch_size)
 
 

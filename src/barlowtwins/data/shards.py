@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 from PIL import Image
 
 from barlowtwins.errors import BarlowTwinsError
@@ -31,7 +31,11 @@ class EncodedSample(NamedTuple):
 
 def expand_shards(patterns: Sequence[str]) -> list[str]:
     """Brace-expand each pattern and check that every local shard exists."""
-    shards = [url for pattern in patterns for url in braceexpand(pattern)]
+    try:
+        shards = [url for pattern in patterns for url in braceexpand(pattern)]
+    except UnbalancedBracesError as error:
+        shown = " ".join(patterns)
+        raise BarlowTwinsError(f"shard pattern {shown}: {error}; write ranges as {{000000..000009}}") from None
     for shard in shards:
         if "://" not in shard and not Path(shard).is_file():
             raise BarlowTwinsError(f"shard not found: {shard}; check the path and the {{a..b}} range")
@@ -60,8 +64,26 @@ def read_shard(shard: str, wanted: Callable[[str, str], bool]) -> Iterator[tuple
                 key, extension = sample_key(member.name)
                 payload = tar.extractfile(member).read() if wanted(key, extension) else None
                 yield key, extension, payload
+            _check_complete(tar, shard)
     except (tarfile.TarError, OSError, ValueError) as error:
-        raise BarlowTwinsError(f"cannot read shard {shard} ({error}); is it a tar file of samples?") from None
+        raise BarlowTwinsError(f"cannot read shard {shard} ({error}); is it a complete tar file of samples?") from None
+
+
+def _check_complete(tar: tarfile.TarFile, shard: str) -> None:
+    """Stop on a truncated shard (``tarfile`` reads one silently as a shorter archive): an uncompressed tar
+    must hold its last member's data and end in zero blocks (the end-of-archive marker)."""
+    handle = tar.fileobj
+    if not isinstance(handle, io.BufferedReader):  # compressed: the decompressor reports a cut stream itself
+        return
+    size = Path(shard).stat().st_size
+    members = tar.getmembers()
+    last = members[-1] if members else None
+    cut_member = last is not None and last.offset_data + last.size > size
+    handle.seek(tar.offset)
+    rest = handle.read()
+    if cut_member or len(rest) < 2 * tarfile.BLOCKSIZE or rest.strip(b"\0"):
+        where = f"inside {last.name}" if cut_member else f"after {last.name if last else 'its start'}"
+        raise BarlowTwinsError(f"shard {shard} is truncated (it ends {where}, {size} bytes); copy or write it again")
 
 
 def shard_index(shard: str) -> list[tuple[str, int]]:

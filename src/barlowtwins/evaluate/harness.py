@@ -21,8 +21,9 @@ from torch import nn
 
 from barlowtwins.atomic import atomic_write_text
 from barlowtwins.checkpoint import load_backbone
-from barlowtwins.config import IMAGENET_MEAN, IMAGENET_STD, EvalInputs
+from barlowtwins.config import IMAGENET_MEAN, IMAGENET_STD, EvalInputs, check_ranges
 from barlowtwins.data import ImageSource, open_source, resolve_workers
+from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import run_metadata, select_device
 from barlowtwins.views import eval_transform
 
@@ -124,6 +125,7 @@ class Evaluation:
 def prepare(inputs: EvalInputs, name: str, data: bool = True) -> Evaluation:
     """Load the subjects, resolve the image settings, open the train/test data, start the log."""
     started = time.perf_counter()
+    check_ranges(inputs)
     subjects = load_subjects(inputs)
     images = image_settings(inputs, subjects["pretrained"].info)
     train = test = None
@@ -133,8 +135,13 @@ def prepare(inputs: EvalInputs, name: str, data: bool = True) -> Evaluation:
         test_limit = i.limit if i.test_limit is None else i.test_limit
         test = open_source(i.test_data, i.data_root, i.download, test_limit, what="--test-data")
     out = output_path(inputs, name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".log").write_text("")
+    if out.is_dir():
+        raise BarlowTwinsError(f"--out {out} is a directory; pass a file name such as {out / (name + '.json')}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".log").write_text("")
+    except OSError as error:
+        raise BarlowTwinsError(f"cannot write results to {out.parent} ({error.strerror}); pass another --out") from None
     device, workers = select_device(inputs.device), resolve_workers(inputs.workers)
     return Evaluation(inputs, subjects, images, train, test, device, workers, out, started)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from barlowtwins.config import EvalInputs, KnnConfig
+from barlowtwins.config import EvalInputs, KnnConfig, check_ranges
 from barlowtwins.data import ImageSource, batches
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate.features import extract
@@ -93,13 +93,18 @@ def run(inputs: EvalInputs, settings: KnnConfig) -> Path:
     """The kNN protocol through the harness: the weights beside their random-init floor -> JSON report."""
     from barlowtwins.evaluate.harness import prepare
 
+    check_ranges(settings, "knn")
     e = prepare(inputs, "knn")
     backbones = {name: subject.backbone for name, subject in e.subjects.items()}
     ks, temperature = settings.k, settings.temperature
+    clipped = {str(k): e.train.num_samples for k in ks if k > e.train.num_samples}
+    for k, bank in clipped.items():
+        e.log(f"k={k} is larger than the bank ({bank} samples): its neighbours are all {bank} bank samples")
     accuracy = knn_eval(
         backbones, e.train, e.test, e.images.transform(), ks, temperature, settings.batch_size, e.device, e.workers
     )
     for k in ks:
         e.log(f"kNN top-1 (k={k}, T={temperature}): " + "  ".join(f"{n} {a[k]:.2f}%" for n, a in accuracy.items()))
     results = {name: {"top1": {str(k): v for k, v in accs.items()}} for name, accs in accuracy.items()}
-    return e.write("weighted kNN on L2-normalised frozen backbone features", settings, results)
+    extra = {"k_clipped_to_bank": clipped} if clipped else {}
+    return e.write("weighted kNN on L2-normalised frozen backbone features", settings, results, **extra)

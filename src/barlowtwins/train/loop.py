@@ -35,6 +35,8 @@ from barlowtwins.models.backbones import CUSTOM, Backbone, initial_backbone
 from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
 from barlowtwins.train.budget import Budget
+from barlowtwins.train.divergence import FiniteWatch
+from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.run_dir import RunDir
 from barlowtwins.views import two_views
 
@@ -110,28 +112,35 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
         mininterval=1 if sys.stderr.isatty() else 30,
     )
     s.trainer.train()
-    window = time.perf_counter(), step
+    window, watch = (time.perf_counter(), step), FiniteWatch(step)
     budget.restart_clock()
-    with run, bar:
+    with run, bar, Preemption(s.device, t.log_every) as preemption:
         while step < budget.total_steps:
             set_learning_rate(s.optimizer, lr_factor(step, budget.total_steps, warmup, o.final_lr_ratio))
             terms = train_step(s.trainer, s.optimizer, scaler, views, dtype)
+            watch.add(terms["loss"])
             s.method.after_step(step, budget.total_steps)
             step += 1
             total = budget.step_done(step)
             warmup, bar.total = budget.warmup_steps(configured_warmup), total
             bar.update(1)
             if step % t.log_every == 0 or step == total:
+                watch.check(step, run.path, run.saved_step)
                 record = _record(s, terms, step, t.batch_size * (step - window[1]) / (time.perf_counter() - window[0]))
                 run.log(record, (*s.method.logged, "lr_weights"))
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
                 window = time.perf_counter(), step
+            stop = preemption.requested(step)
             if (
                 step % s.steps_per_epoch == 0
                 or step == total
                 or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                or stop
             ):
+                watch.check(step, run.path, run.saved_step, s.method, s.optimizer)
                 run.save(s.method, s.optimizer, scaler, config, step, s.steps_per_epoch, budget.spent, total)
+            if stop:
+                raise preemption.stop(step, run.path)
             if step < total:
                 views = _on_device(next(batches)[0], s)
     _finish(config, s, run, budget)

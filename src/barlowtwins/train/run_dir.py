@@ -2,12 +2,16 @@
 
 ``config.yaml`` (the resolved config), ``meta.json`` (versions, commit, machine, command),
 ``metrics.jsonl`` (one line per logged step), ``tensorboard/``, ``checkpoint.pt`` (rewritten atomically)
-and ``loss.png``. Only the main process writes; every process loads the checkpoint to resume.
+and ``loss.png``. Only the main process writes; every process loads the checkpoint to resume. The main
+process holds ``.lock`` while it runs, so a second run on the same directory is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +21,50 @@ import yaml
 from torch import nn
 
 from barlowtwins import distributed
-from barlowtwins.atomic import atomic_save, atomic_write_text
+from barlowtwins.atomic import atomic_save, atomic_write_text, remove_stale_temporaries
 from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint
 from barlowtwins.config import PretrainConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten, incompatible_changes
 from barlowtwins.runtime import package_version, run_metadata
+
+
+class RunLock:
+    """One run per directory: an exclusive ``flock`` on ``.lock`` with the holder's pid in it. The kernel
+    drops the lock when its process ends, however it ends, so a killed run leaves nothing stuck."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / ".lock"
+        self._handle = None
+
+    def acquire(self) -> None:
+        handle = open(self.path, "a+")  # noqa: SIM115 (held until release or process exit)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise BarlowTwinsError(
+                f"{self.path.parent} is in use by another run (pid {holder}); wait for it to end or pass another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return json.loads(line)["step"] if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class RunDir:
@@ -33,12 +75,43 @@ class RunDir:
         self.main = main
         self._metrics = None
         self._writer = None
+        self._lock = RunLock(path)
+        self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+
+    def _claim(self) -> str | None:
+        """Create the directory, take its lock and remove temporaries of killed writes (main process);
+        returns what went wrong, so that every process can stop on it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            freed = remove_stale_temporaries(self.path)
+        except BarlowTwinsError as error:
+            return str(error)
+        except OSError as error:
+            return f"cannot write the run directory {self.path} ({error.strerror}); pass another --out"
+        if freed:
+            print(f"removed temporary files of interrupted writes in {self.path} ({freed / 1e6:.1f} MB)", flush=True)
+        return None
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the lines logged after the checkpoint's ``step`` (the resumed run logs those steps again) and
+        a line cut short by a kill."""
+        metrics = self.path / "metrics.jsonl"
+        if metrics.is_file():
+            lines = metrics.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if _logged_step(line) <= step]
+            if len(kept) != len(lines):
+                atomic_write_text("".join(kept), metrics)
 
     def start(
         self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
     ) -> dict[str, Any]:
         """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its progress
         (``step``, ``train_seconds``, ``total_steps``); else write ``config.yaml`` and ``meta.json`` of a new run."""
+        problem = distributed.broadcast_object(self._claim() if self.main else None)
+        if problem:
+            self._lock.release()
+            raise BarlowTwinsError(problem)
         if (self.path / CHECKPOINT_NAME).is_file():
             state = load_checkpoint(self.path)
             changes = incompatible_changes(state["config"], config)
@@ -52,7 +125,9 @@ class RunDir:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
+            self.saved_step = state["step"]
             if self.main:
+                self._truncate_metrics(state["step"])
                 print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
             return {key: state.get(key) for key in ("step", "train_seconds", "total_steps")}
         if self.main:
@@ -68,13 +143,15 @@ class RunDir:
             from torch.utils.tensorboard import SummaryWriter
 
             self._metrics = open(self.path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in __exit__)
-            self._writer = SummaryWriter(str(self.path / "tensorboard"))
+            # purge_step: a resumed run's steps after its checkpoint replace those logged before the interruption
+            self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=(self.saved_step or 0) + 1)
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self.main:
             self._metrics.close()
             self._writer.close()
+        self._lock.release()
 
     def log(self, record: dict[str, Any], scalars: Sequence[str]) -> None:
         """Append ``record`` to metrics.jsonl and its ``scalars`` to TensorBoard (main process only)."""
@@ -113,8 +190,24 @@ class RunDir:
                 "config": config.to_dict(),
                 "version": package_version(),
             }
-            atomic_save(state, self.path / CHECKPOINT_NAME)
+            problem = self._write_checkpoint(state, step)
+        problem = distributed.broadcast_object(problem if self.main else None)  # all stop; none waits forever
+        if problem:
+            raise BarlowTwinsError(problem)
+        self.saved_step = step
         distributed.barrier()
+
+    def _write_checkpoint(self, state: dict[str, Any], step: int) -> str | None:
+        """Write ``checkpoint.pt`` atomically; returns what went wrong (the previous checkpoint is intact)."""
+        try:
+            atomic_save(state, self.path / CHECKPOINT_NAME)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
+            return (
+                f"cannot write the checkpoint of step {step} to {self.path} ({' '.join(str(error).split())}); "
+                f"{kept}; free disk space and run the same command to resume"
+            )
+        return None
 
     def write_json(self, name: str, report: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
