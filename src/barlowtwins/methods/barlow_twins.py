@@ -31,11 +31,17 @@ class BarlowTwins(nn.Module):
         self.loss = loss
         self._backbone_no_decay = backbone.no_decay
 
+    expose_embeddings = False  # set by the run's monitor: forward also returns h_a, z_a, z_b (detached)
+
     def forward(self, y_a: torch.Tensor, y_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        z_a = self.projector(self.backbone(y_a))
+        h_a = self.backbone(y_a)
+        z_a = self.projector(h_a)
         z_b = self.projector(self.backbone(y_b))
         terms = self.loss.terms(z_a, z_b)
-        return {name: getattr(terms, name) for name in self.logged}
+        out = {name: getattr(terms, name) for name in self.logged}
+        if self.expose_embeddings:  # for the online probe and the pictures of C; no gradient flows through them
+            out.update(h_a=h_a.detach(), z_a=z_a.detach(), z_b=z_b.detach())
+        return out
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's excluded names and the projector's 1-D parameters (biases, BN), as the official code."""

@@ -8,7 +8,7 @@ and ``loss.png``. Only the main process writes; every process loads the checkpoi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class RunDir:
         self.main = main
         self._metrics = None
         self._writer = None
+        self.extra_state: Callable[[], dict[str, Any] | None] | None = None  # more state for each checkpoint
 
     def start(
         self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
@@ -54,14 +55,14 @@ class RunDir:
             scaler.load_state_dict(state["scaler"])
             if self.main:
                 print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
-            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps")}
+            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps", "monitor")}
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
-        return {"step": 0, "train_seconds": 0.0, "total_steps": None}
+        return {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None}
 
     def __enter__(self) -> RunDir:
         if self.main:
@@ -99,7 +100,8 @@ class RunDir:
     ) -> None:
         """Rewrite ``checkpoint.pt`` atomically (main process), then wait for every process.
 
-        ``train_seconds`` and ``total_steps`` (the planned schedule) let a budgeted run resume its plan."""
+        ``train_seconds`` and ``total_steps`` (the planned schedule) let a budgeted run resume its plan;
+        ``extra_state()``, when set, is saved as ``monitor`` (the run monitor's online probe)."""
         if self.main:
             state = {
                 "format": FORMAT,
@@ -112,9 +114,15 @@ class RunDir:
                 "total_steps": total_steps,
                 "config": config.to_dict(),
                 "version": package_version(),
+                "monitor": self.extra_state() if self.extra_state is not None else None,
             }
             atomic_save(state, self.path / CHECKPOINT_NAME)
         distributed.barrier()
+
+    def add_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure into TensorBoard's images (main process only); closes the figure."""
+        if self.main:
+            self._writer.add_figure(tag, figure, step)
 
     def write_json(self, name: str, report: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
