@@ -22,6 +22,7 @@ class BarlowTwins(nn.Module):
     diagnostics = ("on_diag_mean", "off_diag_rms", "off_diag_abs_mean")  # mean C_ii -> 1, off-diagonal -> 0
     logged = terms + diagnostics
     shown = ("loss", "on_diag_mean")  # on the progress bar
+    expose_embeddings = False  # set by the run's monitor: forward also returns h_a, z_a, z_b (detached)
 
     def __init__(self, backbone: Backbone, projector: nn.Module, loss: BarlowTwinsLoss):
         super().__init__()
@@ -30,8 +31,6 @@ class BarlowTwins(nn.Module):
         self.projector = projector
         self.loss = loss
         self._backbone_no_decay = backbone.no_decay
-
-    expose_embeddings = False  # set by the run's monitor: forward also returns h_a, z_a, z_b (detached)
 
     def forward(self, y_a: torch.Tensor, y_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
         h_a = self.backbone(y_a)

@@ -219,9 +219,7 @@ class Monitor:
             labels.append(np.asarray(source.samples.labels))
         top = max((int(x.max()) for x in labels if len(x)), default=-1)
         if top < 0:
-            notes.append(
-                "online probe off: no labels in the training data" + ("" if labels else " seen (give --eval-data)")
-            )
+            notes.append("online probe off: no labels known (unlabelled data, or shards without --eval-data)")
             return None
         notes.append(f"online linear probe on {top + 1} classes")
         return OnlineProbe(self.method.feature_dim, top + 1, self.settings.probe_lr, self.device)
