@@ -113,7 +113,9 @@ def test_monitor_pictures_write_files_and_warn_on_collapse(tmp_path, capsys):
 
 
 def test_knn_schedule_auto_and_every_n_epochs(tmp_path):
-    config = make_config("demo", [{"data": {"eval": []}, "monitor": {"picture_every": 0, "probe": False}}])
+    config = make_config(
+        "demo", [{"data": {"eval": []}, "monitor": {"picture_every": 0, "probe": False, "knn_every_epochs": -1}}]
+    )
     monitor = Monitor(config, SimpleNamespace(expose_embeddings=False), None, 23, torch.device("cpu"), _Run(tmp_path))
     monitor.bank = object()  # as if decoded
     assert [s for s in range(1, 231) if monitor._knn_due(s, 230)] == list(range(23, 231, 23))  # 10 epochs: each
