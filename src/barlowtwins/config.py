@@ -119,6 +119,21 @@ class KnnConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Watching a run while it trains (not in the paper): kNN, an online probe, pictures, a collapse alarm."""
+
+    knn_every_epochs: float = -1.0  # kNN on data.eval every N epochs; -1: ~10 epoch ends a run (if data.eval); 0: off
+    knn_bank_limit: int = 10000  # the monitor's kNN bank is the first N training samples (the final kNN uses all)
+    knn_query_limit: int = 10000  # ... and its queries the first N samples of data.eval
+    probe: bool = True  # online linear probe on detached backbone features of view A (solo-learn, lightly)
+    probe_lr: float = 0.1  # the probe's SGD learning rate (solo-learn's classifier_lr), momentum 0.9, no decay
+    picture_every: int = -1  # steps between pictures of C and the spectrum (and the alarm); -1: epoch ends; 0: off
+    picture_block: int = 64  # side of the block of C drawn (its first dimensions)
+    alarm_rank_fraction: float = 0.01  # alarm when the effective rank < this x min(batch, width), or < 2
+    alarm_constant: float = 0.5  # alarm when more than this share of embedding dimensions is constant (C_ii = 0)
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +142,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)  # after pretraining, when data.eval is set
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # while pretraining
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of Python scalars and lists (YAML/JSON friendly)."""
@@ -154,6 +170,7 @@ RESUMABLE_CHANGES = frozenset(
         "data.root",
         "data.download",
         "data.train",  # the same data may live at another path on another machine
+        *(f"monitor.{f.name}" for f in dataclasses.fields(MonitorConfig)),  # watching changes nothing trained
     }
 )
 
@@ -300,6 +317,12 @@ def validate(config: PretrainConfig) -> None:
         raise BarlowTwinsError("augmentation probabilities must lie in [0, 1]")
     if not config.knn.k or any(k < 1 for k in config.knn.k):
         raise BarlowTwinsError(f"knn.k must be positive integers (got {config.knn.k})")
+    w = config.monitor
+    if min(w.knn_every_epochs, w.picture_every) < -1 or min(w.knn_bank_limit, w.knn_query_limit, w.picture_block) < 1:
+        raise BarlowTwinsError(
+            "monitor.knn_every_epochs and monitor.picture_every must be -1 (auto), 0 (off) or positive, "
+            "and the monitor's limits and block at least 1"
+        )
     parse_projector_spec(m.projector)
     for section in dataclasses.fields(config):
         check_ranges(getattr(config, section.name), section.name)

@@ -50,10 +50,11 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
     state = load_checkpoint(checkpoint)
     weights = {k: v.contiguous() for k, v in backbone_state_dict(state["model"]).items()}
     config, paths = state["config"], export_paths(out)
-    model, augment = config["model"], config["augment"]
+    model = config["model"]
     if model["arch"] != CUSTOM:  # the weights must fit the architecture the sidecar will name
         backbone = build_backbone(model["arch"], model["small_stem"]).module
         load_weights_into(backbone, weights, f"{checkpoint} (its config names {model['arch']})")
+    augment = config["augment"]
     try:
         from safetensors.torch import save as safetensors_bytes
     except ImportError:

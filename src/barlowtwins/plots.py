@@ -33,3 +33,35 @@ def plot_metrics(
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def correlation_figure(block, step: int):
+    """Heat-map of a block of the cross-correlation matrix C (paper eq. 2, Fig. 1): the identity is the goal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    image = ax.imshow(block, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(f"C[:{len(block)}, :{len(block)}] at step {step}")
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_figure(singular_values, rank: float, step: int):
+    """Singular values of the standardised embeddings (log scale), titled with their effective rank (RankMe)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(range(1, len(singular_values) + 1), [max(float(v), 1e-12) for v in singular_values])
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value")
+    ax.set_title(f"spectrum at step {step}: effective rank {rank:.1f} of {len(singular_values)}")
+    fig.tight_layout()
+    return fig

@@ -106,12 +106,16 @@ def eval_transform(
     ``resize_ratio`` 0 picks the rule: B.1's 256/224 above 64 px; images of 64 px or less as they are (ratio 1:
     a 32 px CIFAR image stays untouched), as the libraries evaluate CIFAR, so numbers compare with theirs.
     """
-    ratio = resize_ratio or (B1_RESIZE_RATIO if image_size > SMALL_IMAGES else 1.0)
     return T.Compose(
         [
-            T.Resize(round(image_size * ratio), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(eval_resize(image_size, resize_ratio), interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(image_size),
             T.ToTensor(),
             T.Normalize(mean, std),
         ]
     )
+
+
+def eval_resize(image_size: int, resize_ratio: float = EvalInputs.resize_ratio) -> int:
+    """The shorter side the test-time view resizes to before its centre crop of ``image_size`` (see above)."""
+    return round(image_size * (resize_ratio or (B1_RESIZE_RATIO if image_size > SMALL_IMAGES else 1.0)))

@@ -31,6 +31,7 @@ class BarlowTwins(nn.Module):
     diagnostics = ("on_diag_mean", "off_diag_rms", "off_diag_abs_mean")  # mean C_ii -> 1, off-diagonal -> 0
     logged = terms + diagnostics
     shown = ("loss", "on_diag_mean")  # on the progress bar
+    expose_embeddings = False  # set by the run's monitor: forward also returns h_a, z_a, z_b (detached)
 
     def __init__(
         self,
@@ -52,7 +53,8 @@ class BarlowTwins(nn.Module):
         self.stop_gradient = stop_gradient  # branch B (Table 6 (a), (c))
 
     def forward(self, y_a: torch.Tensor, y_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        z_a = self.projector(self.backbone(y_a))
+        h_a = self.backbone(y_a)
+        z_a = self.projector(h_a)
         if self.predictor is not None:
             z_a = self.predictor(z_a)
         if self.stop_gradient:
@@ -64,6 +66,8 @@ class BarlowTwins(nn.Module):
         out = {name: getattr(terms, name) for name in self.logged}
         if self.scale != 1:  # value of the loss, gradient of scale x loss
             out["loss"] = self.scale * terms.loss + (1 - self.scale) * terms.loss.detach()
+        if self.expose_embeddings:  # for the online probe and the pictures of C; no gradient flows through them
+            out.update(h_a=h_a.detach(), z_a=z_a.detach(), z_b=z_b.detach())
         return out
 
     def no_weight_decay(self) -> set[str]:

@@ -36,6 +36,7 @@ from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
 from barlowtwins.train.budget import Budget
 from barlowtwins.train.divergence import FiniteWatch
+from barlowtwins.train.monitor import Monitor
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.run_dir import RunDir
 from barlowtwins.views import two_views
@@ -88,11 +89,14 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
     scaler = torch.amp.GradScaler(s.device.type, enabled=autocast_dtype(t.precision, s.device) == torch.float16)
     run = RunDir(Path(t.out), distributed.is_main_process())
     progress = run.start(config, s.method, s.optimizer, scaler)
+    monitor = Monitor(config, s.method, s.source, s.steps_per_epoch, s.device, run, progress["monitor"])
+    run.extra_state = monitor.state_dict  # the online probe's state goes into each checkpoint
     step = progress["step"]
     seed_everything(t.seed + 1000 * distributed.rank() + step)  # augmentations differ per process and resume
     setup_started = time.perf_counter()
     batches = _batches(config, s, step)
-    views = _on_device(next(batches)[0], s)
+    batch = next(batches)
+    views, labels = _on_device(batch[0], s), batch[1]
     dtype = _precision(config, s, views, run.main)
     budget = Budget(
         parse_duration(t.time_budget),
@@ -124,10 +128,12 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
             total = budget.step_done(step)
             warmup, bar.total = budget.warmup_steps(configured_warmup), total
             bar.update(1)
-            if step % t.log_every == 0 or step == total:
+            monitor.train_probe(terms, labels)
+            if step % t.log_every == 0 or step == total or monitor.due(step, total):
                 watch.check(step, run.path, run.saved_step)
                 record = _record(s, terms, step, t.batch_size * (step - window[1]) / (time.perf_counter() - window[0]))
-                run.log(record, (*s.method.logged, "lr_weights"))
+                record.update(monitor.watch(step, total, terms))  # kNN, pictures, probe: in the same row
+                run.log(record, (*s.method.logged, "lr_weights", *monitor.scalars))
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
                 window = time.perf_counter(), step
             stop = preemption.requested(step)
@@ -142,7 +148,8 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
             if stop:
                 raise preemption.stop(step, run.path)
             if step < total:
-                views = _on_device(next(batches)[0], s)
+                batch = next(batches)
+                views, labels = _on_device(batch[0], s), batch[1]
     _finish(config, s, run, budget)
     return run.path
 

@@ -12,7 +12,7 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class RunDir:
         self._writer = None
         self._lock = RunLock(path)
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self.extra_state: Callable[[], dict[str, Any] | None] | None = None  # more state for each checkpoint
 
     def _claim(self) -> str | None:
         """Create the directory, take its lock and remove temporaries of killed writes (main process);
@@ -129,14 +130,14 @@ class RunDir:
             if self.main:
                 self._truncate_metrics(state["step"])
                 print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
-            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps")}
+            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps", "monitor")}
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
-        return {"step": 0, "train_seconds": 0.0, "total_steps": None}
+        return {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None}
 
     def __enter__(self) -> RunDir:
         if self.main:
@@ -176,7 +177,8 @@ class RunDir:
     ) -> None:
         """Rewrite ``checkpoint.pt`` atomically (main process), then wait for every process.
 
-        ``train_seconds`` and ``total_steps`` (the planned schedule) let a budgeted run resume its plan."""
+        ``train_seconds`` and ``total_steps`` (the planned schedule) let a budgeted run resume its plan;
+        ``extra_state()``, when set, is saved as ``monitor`` (the run monitor's online probe)."""
         if self.main:
             state = {
                 "format": FORMAT,
@@ -189,6 +191,7 @@ class RunDir:
                 "total_steps": total_steps,
                 "config": config.to_dict(),
                 "version": package_version(),
+                "monitor": self.extra_state() if self.extra_state is not None else None,
             }
             problem = self._write_checkpoint(state, step)
         problem = distributed.broadcast_object(problem if self.main else None)  # all stop; none waits forever
@@ -208,6 +211,11 @@ class RunDir:
                 f"{kept}; free disk space and run the same command to resume"
             )
         return None
+
+    def add_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure into TensorBoard's images (main process only); closes the figure."""
+        if self.main:
+            self._writer.add_figure(tag, figure, step)
 
     def write_json(self, name: str, report: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
