@@ -156,3 +156,21 @@ def test_demo_config_reports_knn_for_both_backbones(tmp_path):
     assert set(report["results"]["pretrained"]["top1"]) == {"20", "200"}
     assert all(0 <= v <= 100 for r in report["results"].values() for v in r["top1"].values())
     assert report["weights"]["random_init"]["seed"] == 0 and report["hyperparameters"]["image_size"] == 8
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, capsys):
+    """precision auto is measured once per run: the checkpoint records the choice and a resume reuses it (a loaded
+    machine could otherwise measure differently and resume in another precision, no longer bit for bit)."""
+    auto = [arg for arg in TINY if arg not in ("--precision", "fp32")]
+    out = tmp_path / "run"
+    assert main(["pretrain", *auto, "--epochs", "1", "--out", str(out)]) == 0
+    first = load_checkpoint(out)["precision"]
+    assert first in ("fp32", "bf16") and "precision auto: measured" in capsys.readouterr().out
+    other = "bf16" if first == "fp32" else "fp32"
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["precision"] = other  # as if the first run had measured the other way
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["pretrain", *auto, "--epochs", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "precision auto: measured" not in printed and f", {'bfloat16' if other == 'bf16' else 'fp32'}, " in printed
+    assert load_checkpoint(out)["precision"] == other

@@ -97,7 +97,8 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
     batches = _batches(config, s, step)
     batch = next(batches)
     views, labels = _on_device(batch[0], s), batch[1]
-    dtype = _precision(config, s, views, run.main)
+    dtype = _precision(config, s, views, run.main, progress["precision"])
+    run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
     budget = Budget(
         parse_duration(t.time_budget),
         t.epochs * s.steps_per_epoch,
@@ -215,10 +216,15 @@ def _on_device(views, s: _Setup) -> list[torch.Tensor]:
     return [v.to(s.device, non_blocking=True, memory_format=s.memory_format) for v in views]
 
 
-def _precision(config: PretrainConfig, s: _Setup, views: list[torch.Tensor], main: bool) -> torch.dtype | None:
-    """The autocast dtype; ``auto`` on a CPU measures fp32 against bf16 on a copy of the model (same on all ranks)."""
+def _precision(
+    config: PretrainConfig, s: _Setup, views: list[torch.Tensor], main: bool, resumed: str | None
+) -> torch.dtype | None:
+    """The autocast dtype; ``auto`` on a CPU measures fp32 against bf16 on a copy of the model (same on all ranks),
+    except when resuming: a run keeps the precision it started with (``resumed``), so it resumes bit for bit."""
     if config.train.precision != "auto" or s.device.type != "cpu":
         return autocast_dtype(config.train.precision, s.device)
+    if resumed is not None:
+        return autocast_dtype(resumed, s.device)
     probe = copy.deepcopy(s.method).eval()  # eval: no batch-norm statistics change, no collectives
     views = [v[: max(8, len(v) // 4)] for v in views]  # a quarter batch: the ratio is what counts
 

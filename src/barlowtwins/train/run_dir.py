@@ -77,6 +77,7 @@ class RunDir:
         self._writer = None
         self._lock = RunLock(path)
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self.precision: str | None = None  # the precision in use, saved so that a resumed run keeps it
         self.extra_state: Callable[[], dict[str, Any] | None] | None = None  # more state for each checkpoint
 
     def _claim(self) -> str | None:
@@ -130,14 +131,14 @@ class RunDir:
             if self.main:
                 self._truncate_metrics(state["step"])
                 print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
-            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps", "monitor")}
+            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps", "monitor", "precision")}
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
-        return {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None}
+        return {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None, "precision": None}
 
     def __enter__(self) -> RunDir:
         if self.main:
@@ -192,6 +193,7 @@ class RunDir:
                 "config": config.to_dict(),
                 "version": package_version(),
                 "monitor": self.extra_state() if self.extra_state is not None else None,
+                "precision": self.precision,
             }
             problem = self._write_checkpoint(state, step)
         problem = distributed.broadcast_object(problem if self.main else None)  # all stop; none waits forever
