@@ -32,6 +32,20 @@ def test_verdicts_compare_against_the_noise():
     assert verdict("similar", _summary(50.4), base)[0] == "holds"
     assert verdict("higher", _summary(52.0), base)[0] == "holds"
     assert verdict(None, _summary(52.0), None)[0] == "no claim"
+    none = {"mean": None, "std": None, "values": []}
+    assert verdict("much_lower", none, base, diverged=True)[0] == "holds"  # diverging is the extreme of lower
+    assert verdict("similar", none, base, diverged=True)[0] == "contradicted"
+    assert verdict("lower", none, base)[0] == "no data"  # a failed (not diverged) run says nothing
+
+
+def test_a_run_whose_loss_became_non_finite_counts_as_diverged(tmp_path):
+    from barlowtwins.ablations.runner import _diverged
+
+    log = tmp_path / "run.log"
+    log.write_text("$ barlowtwins pretrain ...\nbarlowtwins: error: the loss became nan at step 100; lower ...\n")
+    assert _diverged(log)
+    log.write_text("$ barlowtwins pretrain ...\nbarlowtwins: error: cannot read shard x.tar (truncated)\n")
+    assert not _diverged(log)
 
 
 @pytest.mark.parametrize("name", studies.STUDY_NAMES)

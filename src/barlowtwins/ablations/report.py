@@ -41,10 +41,16 @@ def _summary(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
-def verdict(expect: str | None, ours: dict, reference: dict | None) -> tuple[str, str]:
-    """(``holds`` | ``contradicted`` | ``within noise`` | ``no claim`` | ``no data``, a short explanation)."""
+def verdict(expect: str | None, ours: dict, reference: dict | None, diverged: bool = False) -> tuple[str, str]:
+    """(``holds`` | ``contradicted`` | ``within noise`` | ``no claim`` | ``no data``, a short explanation).
+
+    A variant whose every run diverged (non-finite loss) learned nothing usable: that agrees with a claim
+    that it is lower, and contradicts a claim that it is similar or higher."""
     if expect is None:
         return "no claim", "reference row" if reference is None else "the text makes no claim for this row"
+    if diverged:
+        agrees = expect in ("lower", "much_lower")
+        return ("holds" if agrees else "contradicted"), "every run diverged (non-finite loss): nothing usable learned"
     if reference is None or ours["mean"] is None or reference["mean"] is None:
         return "no data", "a run is missing or failed"
     diff, noise = ours["mean"] - reference["mean"], max(1.0, ours["std"] + reference["std"])
@@ -71,17 +77,26 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
                 if value is not None:
                     values[metric].append(value)
         best = max(points, key=lambda p: _summary(points[p]["linear"])["mean"] or -1.0)
-        failed = [str(r.path) for r in runs if r.variant == variant and status.get(str(r.path)) == "failed"]
+        mine = [str(r.path) for r in runs if r.variant == variant]
+        failed = [path for path in mine if status.get(path) == "failed"]
+        diverged = bool(mine) and all(status.get(path) == "diverged" for path in mine)
         ours = {m: _summary(points[best][m]) for m in METRICS}
         fields = ("paper", "source", "expect", "claim", "group")
         rows.append(
-            {"variant": variant, "point": best, **{k: row.get(k) for k in fields}, "ours": ours, "failed": failed}
+            {
+                "variant": variant,
+                "point": best,
+                **{k: row.get(k) for k in fields},
+                "ours": ours,
+                "failed": failed,
+                "diverged": diverged,
+            }
         )
     for row, spec_row in zip(rows, spec["variants"].values(), strict=True):
         reference = _reference(spec, rows, row, spec_row)
         row["reference"] = reference["variant"] if reference else None
         row["verdict"], row["why"] = verdict(
-            row["expect"], row["ours"]["linear"], reference and reference["ours"]["linear"]
+            row["expect"], row["ours"]["linear"], reference and reference["ours"]["linear"], row["diverged"]
         )
     return rows
 
@@ -95,8 +110,10 @@ def _reference(spec, rows, row, spec_row) -> dict[str, Any] | None:
     return None if name is None or name == row["variant"] else by_name.get(name)
 
 
-def _cell(summary: dict[str, Any]) -> str:
-    return "—" if summary["mean"] is None else f"{summary['mean']:.1f} ± {summary['std']:.1f}"
+def _cell(summary: dict[str, Any], diverged: bool = False) -> str:
+    if summary["mean"] is None:
+        return "diverged" if diverged else "—"
+    return f"{summary['mean']:.1f} ± {summary['std']:.1f}"
 
 
 def write(spec, runs, status, settings: AblateConfig, data, commands: list[dict[str, list[str]]]) -> Path:
@@ -140,8 +157,9 @@ def _markdown(report: dict[str, Any], settings: AblateConfig) -> str:
     for r in report["rows"]:
         name = f"{r['variant']} ({r['point']})" if r["point"] else r["variant"]
         paper = "—" if r["paper"] is None else f"{r['paper']:.1f}"
+        linear, knn = (_cell(r["ours"][m], r["diverged"]) for m in ("linear", "knn"))
         lines.append(
-            f"| {name} | {paper} | {_cell(r['ours']['linear'])} | {_cell(r['ours']['knn'])} | "
+            f"| {name} | {paper} | {linear} | {knn} | "
             f"{r['reference'] or '—'} | {r['claim']} | {r['verdict']}: {r['why']} |"
         )
     failed = [path for r in report["rows"] for path in r["failed"]]

@@ -100,6 +100,13 @@ def _execute(command: list[str], log: Path) -> bool:
         return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode == 0
 
 
+def _diverged(log: Path) -> bool:
+    """Whether the run's last error was a non-finite loss: a result of the variant (e.g. Table 5's
+    cross-covariance without BN), not a failure of the machinery."""
+    errors = [line for line in log.read_text().splitlines() if line.startswith("barlowtwins: error:")]
+    return bool(errors) and "the loss became" in errors[-1]
+
+
 def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool = False) -> Path | None:
     """Run (or, with ``dry_run``, print) every run of study ``name``; write the report; return its path."""
     if name not in studies.STUDY_NAMES:
@@ -123,7 +130,7 @@ def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool 
         started, log = time.perf_counter(), out / "logs" / f"{run.path.parent.name}-{run.path.name}.log"
         trained = (run.path / "timing.json").is_file() or _execute(cmds["pretrain"], log)
         ok = trained and _execute(cmds["knn"], log) and _execute(cmds["linear"], log)
-        status[str(run.path)] = "finished" if ok else "failed"
+        status[str(run.path)] = "finished" if ok else "diverged" if _diverged(log) else "failed"
         minutes = (time.perf_counter() - started) / 60
         print(f"{label}: {status[str(run.path)]} in {minutes:.1f} min (log {log})", flush=True)
     if dry_run:
