@@ -35,7 +35,12 @@ def test_verdicts_compare_against_the_noise():
     none = {"mean": None, "std": None, "values": []}
     assert verdict("much_lower", none, base, diverged=True)[0] == "holds"  # diverging is the extreme of lower
     assert verdict("similar", none, base, diverged=True)[0] == "contradicted"
-    assert verdict("lower", none, base)[0] == "no data"  # a failed (not diverged) run says nothing
+    assert verdict("lower", none, base)[0] == "no data"
+    assert verdict("slightly_lower", _summary(48.0), base)[0] == "holds"
+    assert verdict("slightly_lower", _summary(38.0), base) == (
+        "holds in direction",
+        "-12.0 p.p. vs reference (noise 1.0); far more than the paper's slight drop",
+    )  # a failed (not diverged) run says nothing
 
 
 def test_a_run_whose_loss_became_non_finite_counts_as_diverged(tmp_path):

@@ -49,7 +49,7 @@ def verdict(expect: str | None, ours: dict, reference: dict | None, diverged: bo
     if expect is None:
         return "no claim", "reference row" if reference is None else "the text makes no claim for this row"
     if diverged:
-        agrees = expect in ("lower", "much_lower")
+        agrees = expect in ("lower", "much_lower", "slightly_lower")
         return ("holds" if agrees else "contradicted"), "every run diverged (non-finite loss): nothing usable learned"
     if reference is None or ours["mean"] is None or reference["mean"] is None:
         return "no data", "a run is missing or failed"
@@ -57,6 +57,8 @@ def verdict(expect: str | None, ours: dict, reference: dict | None, diverged: bo
     said = f"{diff:+.1f} p.p. vs reference (noise {noise:.1f})"
     if expect == "similar":
         return ("holds" if abs(diff) <= noise else "contradicted"), said
+    if expect == "slightly_lower" and -diff > max(MUCH, noise):
+        return "holds in direction", f"{said}; far more than the paper's slight drop"
     sign = 1 if expect == "higher" else -1
     if sign * diff > (max(MUCH, noise) if expect == "much_lower" else noise):
         return "holds", said
