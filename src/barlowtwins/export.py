@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save as safetensors_bytes
+
 from barlowtwins.atomic import atomic_save, atomic_write_bytes, atomic_write_text
 from barlowtwins.checkpoint import backbone_state_dict, checkpoint_path, load_checkpoint, load_weights_into
 from barlowtwins.errors import BarlowTwinsError
@@ -55,10 +57,6 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
         backbone = build_backbone(model["arch"], model["small_stem"]).module
         load_weights_into(backbone, weights, f"{checkpoint} (its config names {model['arch']})")
     augment = config["augment"]
-    try:
-        from safetensors.torch import save as safetensors_bytes
-    except ImportError:
-        safetensors = False
     info = {
         "arch": model["arch"],
         "small_stem": model["small_stem"],
