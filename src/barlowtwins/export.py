@@ -43,7 +43,7 @@ def load_with(arch: str, small_stem: bool, paths: dict[str, Path]) -> str:
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool = True) -> dict[str, Any]:
-    """Write ``out``'s ``.pth``, ``.safetensors`` (when the safetensors package is present) and ``.json``.
+    """Write ``out``'s ``.pth``, ``.safetensors`` (unless ``safetensors`` is False) and ``.json``.
 
     Returns the sidecar's contents. The safetensors header carries the same JSON under ``"barlowtwins"``.
     """
