@@ -142,7 +142,12 @@ def test_time_budget_ends_the_schedule_with_a_checkpoint(tmp_path):
     args += ["--projector", "32-32", "--epochs", "1000", "--precision", "fp32", "--out", str(out)]
     for off in ("monitor.knn_every_epochs=0", "monitor.picture_every=0", "monitor.probe=false"):
         args += ["--set", off]  # monitoring counts against the budget: this test is about the schedule alone
-    assert main([*args, "--set", "train.time_budget=6s", "--set", "train.log_every=1"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a loaded CPU: two spinning OpenMP threads wait on each other
+    try:
+        assert main([*args, "--set", "train.time_budget=6s", "--set", "train.log_every=1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     state = load_checkpoint(out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timing = json.loads((out / "timing.json").read_text())
