@@ -146,9 +146,11 @@ def _markdown(report: dict[str, Any], settings: AblateConfig) -> str:
     lines = [
         f"# {report['title']}",
         "",
-        f"Made by `{report['command']}` (base recipe `{settings.recipe}`, time budget `{settings.time_budget}` per "
-        f"run, {settings.seeds} seed(s)). Ours: {report['our_metrics']}. Paper: {report['paper_metric']}. "
-        "Compare orderings, not values.",
+        f"Made by `{report['command']}` (base recipe `{settings.recipe}`, "
+        + (f"time budget `{settings.time_budget}` per run" if settings.time_budget else "no time budget: epochs")
+        + f", {settings.seeds} seed(s)). Ours: {report['our_metrics']}. Paper: {report['paper_metric']}. "
+        "Compare orderings, not values."
+        + (" With one seed the noise is not measured: 1 p.p. is assumed." if settings.seeds == 1 else ""),
         "",
         "Random-init floor (same architecture, seed 0's initial weights): "
         + ", ".join(f"{m} {'—' if v is None else f'{v:.1f}'}" for m, v in floor.items()),
