@@ -47,7 +47,8 @@ def test_a_run_whose_loss_became_non_finite_counts_as_diverged(tmp_path):
     from barlowtwins.ablations.runner import _diverged
 
     log = tmp_path / "run.log"
-    log.write_text("$ barlowtwins pretrain ...\nbarlowtwins: error: the loss became nan at step 100; lower ...\n")
+    line = "barlowtwins: error: training diverged: the loss became non-finite at step 100; no checkpoint was written"
+    log.write_text(f"$ barlowtwins pretrain ...\n{line}\n")
     assert _diverged(log)
     log.write_text("$ barlowtwins pretrain ...\nbarlowtwins: error: cannot read shard x.tar (truncated)\n")
     assert not _diverged(log)

@@ -104,7 +104,7 @@ def _diverged(log: Path) -> bool:
     """Whether the run's last error was a non-finite loss: a result of the variant (e.g. Table 5's
     cross-covariance without BN), not a failure of the machinery."""
     errors = [line for line in log.read_text().splitlines() if line.startswith("barlowtwins: error:")]
-    return bool(errors) and "the loss became" in errors[-1]
+    return bool(errors) and "training diverged" in errors[-1]  # train/divergence.py's message
 
 
 def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool = False) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -108,14 +107,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
     configured_warmup = round(o.warmup_epochs * s.steps_per_epoch)
     warmup = budget.warmup_steps(configured_warmup)
     _announce(config, s, run, dtype, budget, time.perf_counter() - setup_started)
-    bar = tqdm(
-        total=budget.total_steps,
-        initial=step,
-        disable=not run.main,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1 if sys.stderr.isatty() else 30,
-    )
+    bar = _progress_bar(budget.total_steps, step, run.main)
     s.trainer.train()
     window, watch = (time.perf_counter(), step), FiniteWatch(step)
     budget.restart_clock()
@@ -138,12 +130,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
                 window = time.perf_counter(), step
             stop = preemption.requested(step)
-            if (
-                step % s.steps_per_epoch == 0
-                or step == total
-                or (t.checkpoint_every and step % t.checkpoint_every == 0)
-                or stop
-            ):
+            if stop or _checkpoint_due(step, total, s.steps_per_epoch, t.checkpoint_every):
                 watch.check(step, run.path, run.saved_step, s.method, s.optimizer)
                 run.save(s.method, s.optimizer, scaler, config, step, s.steps_per_epoch, budget.spent, total)
             if stop:
@@ -153,6 +140,22 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
                 views, labels = _on_device(batch[0], s), batch[1]
     _finish(config, s, run, budget)
     return run.path
+
+
+def _progress_bar(total: int, step: int, main: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=step,
+        disable=not main,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1 if sys.stderr.isatty() else 30,
+    )
+
+
+def _checkpoint_due(step: int, total: int, steps_per_epoch: int, every: int) -> bool:
+    """At each epoch's end, at the last step, and every ``every`` steps if set (``train.checkpoint_every``)."""
+    return step % steps_per_epoch == 0 or step == total or bool(every and step % every == 0)
 
 
 def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
@@ -257,13 +260,8 @@ def _announce(config, s: _Setup, run: RunDir, dtype, budget: Budget, setup_secon
 
 
 def _record(s: _Setup, terms: dict[str, Any], step: int, images_per_s: float) -> dict[str, Any]:
-    """The metrics.jsonl line of ``step`` (the one host sync of a logged step); stops on a non-finite loss."""
+    """The metrics.jsonl line of ``step`` (the one host sync of a logged step; ``FiniteWatch`` has checked it)."""
     values = {name: None if terms[name] is None else terms[name].item() for name in s.method.logged}
-    if not math.isfinite(values["loss"]):
-        raise BarlowTwinsError(
-            f"the loss became {values['loss']} at step {step}; lower optim.lr_weights, "
-            "or use --precision fp32 if you trained in fp16"
-        )
     return {
         "epoch": step / s.steps_per_epoch,
         "step": step,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +23,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
+from barlowtwins.atomic import atomic_write_bytes
 from barlowtwins.config import MonitorConfig, PretrainConfig
 from barlowtwins.data import ImageSource, in_memory, open_source, resolve_workers
 from barlowtwins.data.cache import DecodedImages
@@ -290,8 +289,7 @@ class Monitor:
         ):
             path = folder / f"{name}-step{step:06d}.png"
             figure.savefig(path, dpi=80)
-            shutil.copyfile(path, folder / f".{name}.png.tmp")
-            os.replace(folder / f".{name}.png.tmp", folder / f"{name}.png")  # the latest, never half-written
+            atomic_write_bytes(path.read_bytes(), folder / f"{name}.png")  # the latest, never half-written
             self.run.add_figure(f"monitor/{name}", figure, step)
         constant = constant_fraction(z_a)
         w = self.settings
