@@ -4,7 +4,7 @@ Each variant is ``barlowtwins pretrain --time-budget`` on the 50k training image
 kNN (k=200, T=0.1) on the 10k test images beside the random-init floor of the same initialisation. Rows go
 to a Markdown table and a JSON file as they finish (a re-run skips finished rows), with each row's command.
 
-    python benchmarks/cpu_recipe_sweep.py --budget 3m --out docs/cpu-recipe/sweep-3m        # the variants below
+    python benchmarks/cpu_recipe_sweep.py --budgets 5m --out docs/cpu-recipe/sweep-5m-avx512   # the variants below
     python benchmarks/cpu_recipe_sweep.py --recipe cifar10-cpu --budgets 1m 5m 10m 20m --out docs/cpu-recipe/curve
 
 Budgets count training time only (decoding, the precision probe and evaluation come on top). Run one sweep
@@ -26,14 +26,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 TRAIN = os.path.relpath(SHARED / "cifar10-train-{000000..000009}.tar")  # as a user in the repository types it
 TEST = os.path.relpath(SHARED / "cifar10-test-{000000..000001}.tar")
 
-# The starting point: the speed issue's setting (ResNet-18, ImageNet stem, 32 px, batch 256) on the fast path.
+# 2026-11-23, AVX2 machine (docs/cpu-recipe/sweep-4m): from the speed issue's setting (ResNet-18, ImageNet stem,
+# 32 px, batch 256) on the fast path; the cifar10-cpu recipe of that day came out of it.
 BASE = ["--recipe", "cifar10", "--no-small-stem", "--batch-size", "256"]
 P1024 = ["--projector", "1024-1024-1024"]
-VARIANTS: dict[str, list[str]] = {
-    "base (cifar10 recipe, ImageNet stem)": [],
-    "projector 1024^3": P1024,
-    "projector 1024^3, batch 128": [*P1024, "--batch-size", "128"],
+FIRST: dict[str, list[str]] = {
+    "base (cifar10 recipe, ImageNet stem)": [*BASE],
+    "projector 1024^3": [*BASE, *P1024],
+    "projector 1024^3, batch 128": [*BASE, *P1024, "--batch-size", "128"],
     "projector 1024^3, batch 128, lr x2": [
+        *BASE,
         *P1024,
         "--batch-size",
         "128",
@@ -42,8 +44,29 @@ VARIANTS: dict[str, list[str]] = {
         "--set",
         "optim.lr_biases=0.0144",
     ],
-    "projector 1024^3, batch 128, crop 0.2-1": [*P1024, "--batch-size", "128", "--set", "augment.crop_scale=[0.2,1.0]"],
+    "projector 1024^3, batch 128, crop 0.2-1": [
+        *BASE,
+        *P1024,
+        "--batch-size",
+        "128",
+        "--set",
+        "augment.crop_scale=[0.2,1.0]",
+    ],
 }
+# 2026-11-29, AVX-512 machine (docs/cpu-recipe/sweep-5m-avx512): from that recipe (batch 128, projector 1024^3,
+# LARS lr 0.3), each row pinning the stem it compares, so the rows mean the same whatever the recipe now says.
+CPU = ["--recipe", "cifar10-cpu"]
+S2 = ["--small-stem", "--set", "model.stem_stride=2"]
+AVX512: dict[str, list[str]] = {
+    "ImageNet stem (the recipe of 2026-11-23)": [*CPU, "--no-small-stem"],
+    "ImageNet stem, batch 256": [*CPU, "--no-small-stem", "--batch-size", "256"],
+    "ImageNet stem, lr 0.5": [*CPU, "--no-small-stem", "--lr", "0.5"],
+    "ImageNet stem, projector 2048^3": [*CPU, "--no-small-stem", "--projector", "2048-2048-2048"],
+    "3x3 stride-2 stem": [*CPU, *S2],
+    "3x3 stride-2 stem, 2 small views (16 px)": [*CPU, *S2, "--set", "augment.small_views=2"],
+    "3x3 stride-2 stem, lr 0.5": [*CPU, *S2, "--lr", "0.5"],
+}
+VARIANTS = {"first": FIRST, "avx512": AVX512}
 
 
 def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool) -> dict:
@@ -51,8 +74,7 @@ def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool
     it is the same network at the same initialisation in every row that keeps the architecture)."""
     slug = name.replace(" ", "_").replace("/", "-").replace("^", "").replace(",", "")
     run_dir = out / "runs" / f"{slug}-{budget}"
-    base = [] if flags[:1] == ["--recipe"] else BASE  # a named recipe runs as it is
-    command = ["barlowtwins", "pretrain", *base, *flags, "--data", TRAIN]
+    command = ["barlowtwins", "pretrain", *flags, "--data", TRAIN]
     command += ["--time-budget", budget, "--out", str(run_dir)]
     knn = ["barlowtwins", "knn", "--checkpoint", str(run_dir), "--train-data", TRAIN, "--test-data", TEST]
     knn += ["--out", str(run_dir / "eval" / "knn.json"), *([] if floor else ["--no-random-init"])]
@@ -84,13 +106,18 @@ def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool
     }
 
 
+def _stem(flags: list[str]) -> tuple:
+    """The flags that choose the backbone's stem (rows with the same stem share their random-init floor)."""
+    return tuple(f for f in flags if "stem" in f)
+
+
 def write_table(rows: list[dict], budgets: list[str], out: Path) -> None:
     lines = [
         f"# CPU recipe runs: {', '.join(budgets)} of training per row, CIFAR-10 (JPEG), 2-core CPU",
         "",
         f"Made by `python benchmarks/cpu_recipe_sweep.py {' '.join(sys.argv[1:])}`. kNN: k=200 (and 20), T=0.1,",
         "50k training images as the bank, 10k test images; floor: the same network at its initialisation",
-        "(measured once, in the first row; every row starts from the same initial ResNet-18, seed 0).",
+        "(measured in the first row of each stem; the rows of one stem start from the same initial ResNet-18, seed 0).",
         "",
         "| variant | budget | steps | pairs/s | kNN k=200 | kNN k=20 | floor k=200 | precision | command |",
         "|---|---|---:|---:|---:|---:|---:|---|---|",
@@ -140,11 +167,12 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["4m"], help="training time per run, e.g. 4m, 20m")
     parser.add_argument("--recipe", help="run this recipe (no other flags) instead of the variants below")
     parser.add_argument("--out", required=True, help="directory for the table, the JSON and the run directories")
+    parser.add_argument("--variants", choices=VARIANTS, default="avx512", help="which set of variants below")
     parser.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these words")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = {f"{args.recipe} recipe": ["--recipe", args.recipe]} if args.recipe else VARIANTS
+    variants = {f"{args.recipe} recipe": ["--recipe", args.recipe]} if args.recipe else VARIANTS[args.variants]
     saved = json.loads((out / "runs.json").read_text()) if (out / "runs.json").exists() else []
     done = {(r["name"], r["budget"]): r for r in saved if "error" not in r}
     rows = []
@@ -155,7 +183,8 @@ def main() -> None:
             row = done.get((name, budget))
             if row is None:
                 print(f"running {name} for {budget} ...", flush=True)
-                row = {**run_variant(name, flags, budget, out, floor=not rows), "budget": budget}
+                first_of_stem = all(_stem(f) != _stem(flags) for r in rows for f in [variants.get(r["name"], [])])
+                row = {**run_variant(name, flags, budget, out, floor=first_of_stem), "budget": budget}
             rows.append(row)
             write_table(rows, args.budgets, out)
             print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)

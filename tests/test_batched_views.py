@@ -35,6 +35,7 @@ from barlowtwins.batched_views import (
     sample_crop_boxes,
     sample_jitter,
     solarize,
+    training_views,
 )
 from barlowtwins.views import blur_kernel_size, two_views, view_transform
 
@@ -432,3 +433,16 @@ def test_cuda_matches_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=0)
+
+
+def test_small_views_come_after_the_pair_view_by_view_at_their_size_without_blur():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=generator(3))
+    pair = batched_two_views(32, solarize_p=(0.0, 0.2))
+    views = training_views(3, 16, (0.05, 0.4), image_size=32, solarize_p=(0.0, 0.2))
+    y_a, y_b, y_small = views(images, generator(4))
+    first_a, first_b = pair(images, generator(4))
+    assert torch.equal(y_a, first_a) and torch.equal(y_b, first_b)  # the pair is drawn first, as without
+    assert y_small.shape == (15, 3, 16, 16) and torch.isfinite(y_small).all()
+    assert views.small.blur_p == 0 and views.small.solarize_p == 0.2 and views.small.crop_scale == (0.05, 0.4)
+    assert not torch.equal(y_small[:5], y_small[5:10])  # each small view draws its own crops
+    assert isinstance(training_views(image_size=32), type(pair))  # none asked: the paper's two views

@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
-def fake_run(tmp_path: Path, arch: str = "resnet18", small_stem: bool = True) -> Path:
+def fake_run(tmp_path: Path, arch: str = "resnet18", small_stem: bool = True, stem_stride: int = 1) -> Path:
     """A run directory whose checkpoint has the real format, with weights moved off their initialisation."""
     settings = {"model.arch": arch, "model.small_stem": small_stem, "model.projector": "16-16"}
+    settings["model.stem_stride"] = stem_stride
     config = make_config("cifar10", [override(key, value) for key, value in settings.items()])
     method = build_method(config)
     with torch.no_grad():
@@ -34,6 +35,35 @@ def fake_run(tmp_path: Path, arch: str = "resnet18", small_stem: bool = True) ->
     state = {"format": FORMAT, "model": method.state_dict(), "epoch": 2, "step": 7, "config": config.to_dict()}
     atomic_save({**state, "version": "0.1.0"}, tmp_path / "run" / "checkpoint.pt")
     return tmp_path / "run"
+
+
+def test_a_stride_two_stem_travels_through_checkpoint_export_and_floor(tmp_path):
+    from barlowtwins.config import EvalInputs
+    from barlowtwins.evaluate.harness import load_subjects
+    from barlowtwins.models.backbones import apply_small_stem, initial_backbone
+
+    run = fake_run(tmp_path, stem_stride=2)
+    info = export_backbone(run, tmp_path / "backbone.pth")
+    assert info["stem_stride"] == 2 and info["load_with"].endswith("apply_small_stem(model, stride=2)")
+    plain = torchvision.models.resnet18()
+    apply_small_stem(plain, stride=2)  # what the sidecar's load_with line says, without barlowtwins
+    plain.load_state_dict(torch.load(tmp_path / "backbone.pth", weights_only=True), strict=False)
+    plain.fc = nn.Identity()
+    images = torch.rand(2, 3, 32, 32)
+    subjects = load_subjects(EvalInputs(checkpoint=str(run), random_init=True))
+    from_export = load_backbone(tmp_path / "backbone.pth")[0]
+    for model in (plain, from_export, subjects["pretrained"].backbone, subjects["random_init"].backbone):
+        assert model.conv1.stride == (2, 2) and model.eval()(images).shape == (2, 512)
+    assert torch.allclose(from_export(images), plain(images)) and torch.allclose(
+        plain(images), subjects["pretrained"].backbone(images)
+    )
+    floor = initial_backbone("resnet18", True, 0, stem_stride=2).module.eval()  # the run's own initial weights
+    assert torch.equal(floor(images), subjects["random_init"].backbone(images))
+
+
+def test_a_stem_stride_without_the_small_stem_is_refused():
+    with pytest.raises(BarlowTwinsError, match="add --small-stem"):
+        make_config("cifar10", [override("model.small_stem", False), override("model.stem_stride", 2)])
 
 
 def test_export_writes_pth_safetensors_and_sidecar_bit_exact(tmp_path):

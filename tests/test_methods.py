@@ -166,3 +166,42 @@ def test_a_setting_the_method_does_not_read_is_refused(method, key, value):
     config = make_config(None, [overrides])
     with pytest.raises(BarlowTwinsError, match=f"{key}={value!r} has no effect with --method {method}"):
         build_method(config)
+
+
+def test_small_views_average_algorithm_1_over_the_view_pairs():
+    """Multi-crop: the loss and its terms are the mean over (A, B), (A, small j), (B, small j) of Algorithm 1,
+    the small views going through the network as one batch; the diagnostics stay (A, B)'s."""
+    from test_loss import algorithm_1
+
+    model = _build("barlow_twins")
+    y_a, y_b = _views()
+    y_small = torch.randn(2 * 6, 3, 2, 2)  # two small views of each of the 6 images
+    terms = model(y_a, y_b, y_small)
+    z_a, z_b = (model.projector(model.backbone(y)) for y in (y_a, y_b))
+    z_s = model.projector(model.backbone(y_small))
+    pairs = [(z_a, z_b), (z_a, z_s[:6]), (z_a, z_s[6:]), (z_b, z_s[:6]), (z_b, z_s[6:])]
+    lambd = LossConfig().lambd
+    expected = torch.stack([algorithm_1(p, q, lambd) for p, q in pairs]).mean()
+    torch.testing.assert_close(terms["loss"].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["invariance"] + terms["redundancy"], terms["loss"])
+    torch.testing.assert_close(terms["on_diag_mean"], model(y_a, y_b)["on_diag_mean"])
+    y_small.requires_grad_()
+    model(y_a, y_b, y_small)["loss"].backward()
+    assert y_small.grad[:6].abs().sum() > 0 and y_small.grad[6:].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"augment.small_views": 2, "model.method": "simclr"}, "small_views are for --method barlow_twins"),
+        ({"augment.small_views": 2, "model.stop_gradient": True}, "without a predictor or stop-gradient"),
+        ({"augment.small_views": 2, "data.views": "pil"}, "set data.views=batched"),
+        ({"augment.small_views": -1}, "augment.small_views must be >= 0"),
+    ],
+)
+def test_small_views_are_refused_where_they_would_not_apply(settings, message):
+    from barlowtwins import make_config
+    from barlowtwins.recipes import override
+
+    with pytest.raises(BarlowTwinsError, match=message):
+        make_config("cifar10", [override(k, v) for k, v in settings.items()])

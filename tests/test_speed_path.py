@@ -106,6 +106,43 @@ def test_budget_is_absent_without_seconds_and_counts_time_across_resumes(monkeyp
     assert resumed.step_done(101) == 101  # the saved training time is counted: out of budget, stop here
 
 
+def test_time_inside_paused_is_neither_training_time_nor_step_time(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    budget = Budget(seconds=30.0, max_steps=10_000)
+    budget.restart_clock()
+    for step in range(1, 40):
+        clock.now += 0.1
+        if step % 10 == 0:
+            with budget.paused():
+                clock.now += 5.0  # a monitor kNN pass: as long as 50 steps
+        total = budget.step_done(step)
+    assert budget.spent == pytest.approx(3.9) and budget.paused_seconds == pytest.approx(15.0)
+    assert total == 300  # 30 s / 0.1 s a step: the passes neither spent the budget nor slowed the estimate
+
+
+def test_several_processes_plan_together_at_the_same_steps(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    asked = []
+
+    def main_process_plan(planned: int) -> int:  # stands in for distributed.broadcast_object
+        asked.append(planned)
+        return 250
+
+    budget = Budget(seconds=30.0, max_steps=10_000, agree=main_process_plan)
+    budget.restart_clock()
+    totals = []
+    for step in range(1, 400):
+        clock.now += 0.1
+        totals.append(budget.step_done(step))
+        if step == totals[-1]:
+            break
+    # asked only where every process re-plans: after 5, 20, 50, 100 and 200 settled steps (2 settle first)
+    assert len(asked) == 5 and totals[5] == 10_000 and totals[6] == 250 and step == 250
+    assert asked[0] == pytest.approx(300, abs=1)  # this process's own plan, overruled by the main process's
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("20m", 1200.0), ("90s", 90.0), ("1.5h", 5400.0), ("45", 45.0)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds and parse_duration("") is None
@@ -141,7 +178,7 @@ def test_time_budget_ends_the_schedule_with_a_checkpoint(tmp_path):
     args = ["pretrain", "--recipe", "demo", "--data", "digits", "--limit", "128", "--batch-size", "32"]
     args += ["--projector", "32-32", "--epochs", "1000", "--precision", "fp32", "--out", str(out)]
     for off in ("monitor.knn_every_epochs=0", "monitor.picture_every=0", "monitor.probe=false"):
-        args += ["--set", off]  # monitoring counts against the budget: this test is about the schedule alone
+        args += ["--set", off]  # this test is about the schedule alone
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model on a loaded CPU: two spinning OpenMP threads wait on each other
     try:

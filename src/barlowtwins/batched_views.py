@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -298,3 +298,45 @@ def batched_two_views(
 ) -> BatchedTwoViews:
     """Batched ``views.two_views``: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
     return BatchedTwoViews(*asymmetric_pair(BatchedViews, locals()))
+
+
+class WithSmallViews:
+    """Multi-crop (Caron et al. 2020): the two views, then ``count`` small views per image as one batch
+    ``(count * N, 3, size, size)``, small view ``j`` of image ``i`` at row ``j * N + i``."""
+
+    def __init__(self, pair: BatchedTwoViews, small: BatchedViews, count: int):
+        self.pair, self.small, self.count = pair, small, count
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        y_a, y_b = self.pair(images, generator)  # drawn first: the pair is what it is without small views
+        return y_a, y_b, torch.cat([self.small(images, generator) for _ in range(self.count)])
+
+    def __repr__(self) -> str:
+        return f"WithSmallViews(\n  pair={self.pair},\n  {self.count} x small={self.small}\n)"
+
+
+def training_views(
+    small_views: int = A.small_views,
+    small_size: int = A.small_size,
+    small_crop_scale: Range = A.small_crop_scale,
+    **pair: Any,
+) -> BatchedTwoViews | WithSmallViews:
+    """The batched views of an ``AugmentConfig``'s fields: the paper's two, and small views when asked
+    (view B's operations at ``small_size`` and ``small_crop_scale``, without blur: a blurred 16 px crop is a smudge)."""
+    views = batched_two_views(**pair)
+    if not small_views:
+        return views
+    b = views.view_b
+    small = BatchedViews(
+        image_size=small_size,
+        crop_scale=small_crop_scale,
+        flip_p=b.flip_p,
+        jitter=b.jitter,
+        jitter_p=b.jitter_p,
+        grayscale_p=b.grayscale_p,
+        blur_p=0.0,
+        solarize_p=b.solarize_p,
+        mean=b.mean,
+        std=b.std,
+    )
+    return WithSmallViews(views, small, small_views)

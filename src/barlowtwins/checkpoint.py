@@ -101,20 +101,25 @@ def load_backbone(
     arch: str | None = None,
     small_stem: bool | None = None,
     backbone: Backbone | None = None,
+    stem_stride: int | None = None,
 ) -> tuple[nn.Module, int, dict[str, Any]]:
     """A backbone from a run directory / checkpoint, or from a plain state_dict file (``arch`` needed).
 
     ``path=None`` gives the randomly initialised backbone. Returns (backbone, feature_dim, info); for a
     barlowtwins checkpoint ``info["images"]`` holds the pretraining image size and normalisation and
     ``info["seed"]`` the seed its weights were initialised from. ``backbone`` (a ``custom_backbone``)
-    receives the weights instead of a module built by name.
+    receives the weights instead of a module built by name. ``stem_stride`` (the small stem's) is read from
+    the checkpoint or sidecar when not given; checkpoints from before it existed used 1.
     """
     state = None
     if path is not None:
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         model_config = state["config"]["model"]
-        backbone, dim, _ = backbone or build_backbone(model_config["arch"], model_config["small_stem"])
+        model_config = {"stem_stride": 1, **model_config}
+        backbone, dim, _ = backbone or build_backbone(
+            model_config["arch"], model_config["small_stem"], model_config["stem_stride"]
+        )
         load_weights_into(backbone, backbone_state_dict(state["model"]), str(path))
         augment = state["config"]["augment"]
         images = {"image_size": augment["image_size"], "mean": augment["mean"], "std": augment["std"]}
@@ -125,10 +130,13 @@ def load_backbone(
     if saved:
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
+        stem_stride = saved.get("stem_stride", 1) if stem_stride is None else stem_stride
     if arch is None and backbone is None:
         raise BarlowTwinsError(f"{path} is a plain state_dict; say which architecture it is with --arch")
-    backbone, dim, _ = backbone or build_backbone(arch, bool(small_stem))
+    stem_stride = stem_stride or 1
+    backbone, dim, _ = backbone or build_backbone(arch, bool(small_stem), stem_stride)
     info = {"weights": str(path) if path else "random init", "arch": arch, "small_stem": bool(small_stem)}
+    info["stem_stride"] = stem_stride
     if "image_size" in saved:  # an export's sidecar: the pretraining image settings
         info["images"] = {k: saved[k] for k in ("image_size", "mean", "std")}
     if state is not None:

@@ -48,6 +48,7 @@ class ModelConfig:
     method: str = "barlow_twins"  # the self-supervised method (methods.METHODS); the paper's is the default
     arch: str = "resnet50"  # torchvision ResNet or timm:NAME[,key=value...]; classifier removed (paper §2.2)
     small_stem: bool = False  # 3x3 stride-1 first conv, no max-pool: for 32-96 px images (CIFAR, STL)
+    stem_stride: int = 1  # the small stem's stride; 2 halves the feature maps (a third of the time at 32 px)
     projector: str = "8192-8192-8192"  # output widths of the projector's linear layers (paper §2.2)
     projector_bn: bool = True  # BN after hidden projector layers; False is Table 5's "No BN in MLP"
     predictor: str = ""  # widths of a predictor on branch A ("": none, "auto": projector's first width-output width)
@@ -70,6 +71,11 @@ class AugmentConfig:
     solarize_p: tuple[float, float] = (0.0, 0.2)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Multi-crop (Caron et al. 2020): small views beside A and B, the loss averaged over the pairs (A, B),
+    # (A, small), (B, small); cheap views, more pairs per step. View B's operations, without blur.
+    small_views: int = 0  # small views per image (0: the paper's two views)
+    small_size: int = 16  # their side, px
+    small_crop_scale: tuple[float, float] = (0.05, 0.4)  # their RandomResizedCrop area range
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,8 @@ def validate(config: PretrainConfig) -> None:
     if t.epochs < 1:
         raise BarlowTwinsError(f"train.epochs must be at least 1 (got {t.epochs})")
     parse_duration(t.time_budget)
+    if m.stem_stride != 1 and not m.small_stem:
+        raise BarlowTwinsError(f"model.stem_stride={m.stem_stride} is the small stem's stride: add --small-stem")
     if t.precision not in PRECISIONS:
         raise BarlowTwinsError(f"train.precision must be one of {', '.join(PRECISIONS)} (got '{t.precision}')")
     d = config.data
@@ -295,6 +303,8 @@ def validate(config: PretrainConfig) -> None:
             f"data.views must be one of {', '.join(VIEWS)} and data.cache one of {', '.join(CACHES)} "
             f"(got '{d.views}', '{d.cache}')"
         )
+    if a.small_views and d.views != "batched":
+        raise BarlowTwinsError("augment.small_views are made by the batched views: set data.views=batched")
     if d.views == "batched" and d.cache == "off":
         raise BarlowTwinsError("data.views=batched makes views from decoded images: set data.cache, or data.views=pil")
     if o.optimizer not in OPTIMIZERS:
@@ -339,6 +349,9 @@ RANGES = {
     "test_limit": (lambda v: v is None or v >= 0, ">= 0"),
     "workers": (lambda v: v >= -1, ">= -1 (-1: one per core)"),
     "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
+    "stem_stride": (lambda v: v >= 1, ">= 1"),
+    "small_views": (lambda v: v >= 0, ">= 0"),
+    "small_size": (lambda v: v >= 1, ">= 1"),
     "stored_size": (lambda v: v >= 0, ">= 0 (0: the image size)"),
     "image_size": (lambda v: v is None or v >= 1, ">= 1"),
     "resize_ratio": (lambda v: v >= 0, ">= 0 (0: the default)"),
@@ -395,6 +408,11 @@ def _validate_method(config: PretrainConfig) -> None:
         raise BarlowTwinsError(f"model.momentum must be in [0, 1] (got {m.momentum})")
     if m.predictor not in ("", "auto"):
         parse_projector_spec(m.predictor)
+    if config.augment.small_views and (m.method != "barlow_twins" or m.predictor or m.stop_gradient):
+        raise BarlowTwinsError(
+            "augment.small_views are for --method barlow_twins without a predictor or stop-gradient; "
+            "set augment.small_views=0"
+        )
 
 
 def parse_projector_spec(spec: str) -> list[int]:

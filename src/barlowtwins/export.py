@@ -27,7 +27,7 @@ def export_paths(out: str | Path) -> dict[str, Path]:
     return {suffix: out.with_suffix(f".{suffix}") for suffix in ("pth", "safetensors", "json")}
 
 
-def load_with(arch: str, small_stem: bool, paths: dict[str, Path]) -> str:
+def load_with(arch: str, small_stem: bool, stem_stride: int, paths: dict[str, Path]) -> str:
     """The one line that loads the export without barlowtwins."""
     if arch.startswith(TIMM_PREFIX):
         from barlowtwins.models.timm_backbones import parse_timm_arch
@@ -39,7 +39,8 @@ def load_with(arch: str, small_stem: bool, paths: dict[str, Path]) -> str:
             f"pretrained_cfg_overlay=dict(file={str(paths['safetensors'])!r}), num_classes=0{extra})"
         )
     line = f"torchvision.models.{arch}().load_state_dict(sd, strict=False)"
-    return line + (" after barlowtwins.models.backbones.apply_small_stem(model)" if small_stem else "")
+    stem = f"apply_small_stem(model{', stride=' + str(stem_stride) if stem_stride != 1 else ''})"
+    return line + (f" after barlowtwins.models.backbones.{stem}" if small_stem else "")
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool = True) -> dict[str, Any]:
@@ -52,14 +53,15 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
     state = load_checkpoint(checkpoint)
     weights = {k: v.contiguous() for k, v in backbone_state_dict(state["model"]).items()}
     config, paths = state["config"], export_paths(out)
-    model = config["model"]
+    model = {"stem_stride": 1, **config["model"]}  # checkpoints from before stem_stride used 1
     if model["arch"] != CUSTOM:  # the weights must fit the architecture the sidecar will name
-        backbone = build_backbone(model["arch"], model["small_stem"]).module
+        backbone = build_backbone(model["arch"], model["small_stem"], model["stem_stride"]).module
         load_weights_into(backbone, weights, f"{checkpoint} (its config names {model['arch']})")
     augment = config["augment"]
     info = {
         "arch": model["arch"],
         "small_stem": model["small_stem"],
+        "stem_stride": model["stem_stride"],
         "feature_dim": int(state["model"]["projector.0.weight"].shape[1]),  # the projector's input width
         "image_size": augment["image_size"],
         "mean": list(augment["mean"]),
@@ -70,7 +72,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
         "barlowtwins_version": state.get("version"),
         "exported_by": package_version(),
         "files": {k: paths[k].name for k in ("pth", "safetensors") if k == "pth" or safetensors},
-        "load_with": load_with(model["arch"], model["small_stem"], paths),
+        "load_with": load_with(model["arch"], model["small_stem"], model["stem_stride"], paths),
     }
     try:
         atomic_save(weights, paths["pth"])

@@ -66,10 +66,11 @@ def load_subjects(inputs: EvalInputs) -> dict[str, Subject]:
     if inputs.random_init:
         seed = info.get("seed", inputs.seed)  # a barlowtwins run's own initial weights (models.initial_backbone)
         torch.manual_seed(seed)
-        floor, floor_dim, floor_info = load_backbone(None, info["arch"], info["small_stem"])
+        floor, floor_dim, floor_info = load_backbone(None, info["arch"], info["small_stem"], None, info["stem_stride"])
         subjects["random_init"] = Subject(floor, floor_dim, {**floor_info, "seed": seed})
     if inputs.baseline_weights:
-        subjects["baseline"] = Subject(*load_backbone(inputs.baseline_weights, info["arch"], info["small_stem"]))
+        baseline = load_backbone(inputs.baseline_weights, info["arch"], info["small_stem"], None, info["stem_stride"])
+        subjects["baseline"] = Subject(*baseline)
     return subjects
 
 

@@ -52,7 +52,11 @@ class BarlowTwins(nn.Module):
         self.predictor = predictor  # branch A only (Table 6 (b), (c))
         self.stop_gradient = stop_gradient  # branch B (Table 6 (a), (c))
 
-    def forward(self, y_a: torch.Tensor, y_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def forward(
+        self, y_a: torch.Tensor, y_b: torch.Tensor, y_small: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """``y_small``: small views (``augment.small_views`` per image, stacked view by view); the loss and its
+        terms are then the mean over the pairs (A, B), (A, small j), (B, small j), the diagnostics (A, B)'s."""
         h_a = self.backbone(y_a)
         z_a = self.projector(h_a)
         if self.predictor is not None:
@@ -64,8 +68,12 @@ class BarlowTwins(nn.Module):
             z_b = self.projector(self.backbone(y_b))
         terms = self.loss.terms(z_a, z_b)
         out = {name: getattr(terms, name) for name in self.logged}
+        if y_small is not None:
+            z_small = self.projector(self.backbone(y_small)).split(len(z_a))
+            pairs = [terms, *(self.loss.terms(z, z_s) for z in (z_a, z_b) for z_s in z_small)]
+            out.update({name: torch.stack([getattr(p, name) for p in pairs]).mean() for name in self.terms})
         if self.scale != 1:  # value of the loss, gradient of scale x loss
-            out["loss"] = self.scale * terms.loss + (1 - self.scale) * terms.loss.detach()
+            out["loss"] = self.scale * out["loss"] + (1 - self.scale) * out["loss"].detach()
         if self.expose_embeddings:  # for the online probe and the pictures of C; no gradient flows through them
             out.update(h_a=h_a.detach(), z_a=z_a.detach(), z_b=z_b.detach())
         return out

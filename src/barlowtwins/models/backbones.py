@@ -67,11 +67,12 @@ def custom_backbone(module: nn.Module, dim: int, no_decay: Iterable[str] = ()) -
     return Backbone(module, dim, excluded_parameter_names(module, no_decay))
 
 
-def build_backbone(arch: str, small_stem: bool = False) -> Backbone:
+def build_backbone(arch: str, small_stem: bool = False, stem_stride: int = 1) -> Backbone:
     """A randomly initialised torchvision ResNet with ``fc`` replaced by identity, or a timm model.
 
     ``zero_init_residual=True`` as the official code. ``small_stem`` swaps the 7x7 stride-2 conv and the
-    max-pool for a 3x3 stride-1 conv, the usual stem for 32-96 px images. Parameter names stay those of
+    max-pool for a 3x3 conv of ``stem_stride`` (1: the usual stem for 32-96 px images; 2: the same at a
+    third of the cost, for 32 px on a CPU, docs/cpu-recipe). Parameter names stay those of
     torchvision, so the exported state_dict loads into ``torchvision.models.<arch>()``.
     """
     if arch.startswith(TIMM_PREFIX):
@@ -91,29 +92,21 @@ def build_backbone(arch: str, small_stem: bool = False) -> Backbone:
         )
     backbone = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
     if small_stem:
-        apply_small_stem(backbone)
+        apply_small_stem(backbone, stem_stride)
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()
     return Backbone(backbone, feature_dim, one_d_parameter_names(backbone))
 
 
-def initial_backbone(arch: str, small_stem: bool, seed: int) -> Backbone:
+def initial_backbone(arch: str, small_stem: bool, seed: int, stem_stride: int = 1) -> Backbone:
     """The backbone a run with ``seed`` starts from: the pretraining loop builds it first, from this seed, so
     evaluation can rebuild a run's own random initialisation as its floor."""
     torch.manual_seed(seed)
-    return build_backbone(arch, small_stem)
+    return build_backbone(arch, small_stem, stem_stride)
 
 
-def apply_small_stem(resnet: nn.Module) -> None:
-    """Replace a torchvision ResNet's stem in place by a 3x3 stride-1 conv and no max-pool."""
-    resnet.conv1 = nn.Conv2d(3, resnet.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+def apply_small_stem(resnet: nn.Module, stride: int = 1) -> None:
+    """Replace a torchvision ResNet's stem in place by a 3x3 conv of ``stride`` and no max-pool."""
+    resnet.conv1 = nn.Conv2d(3, resnet.conv1.out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
     nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
     resnet.maxpool = nn.Identity()
-
-
-def torchvision_model(arch: str, small_stem: bool = False, num_classes: int = 1000) -> nn.Module:
-    """The plain torchvision model an exported backbone loads into (with our stem if it used one)."""
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-    if small_stem:
-        apply_small_stem(model)
-    return model

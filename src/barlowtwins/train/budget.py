@@ -2,13 +2,17 @@
 
 The warm-up + cosine schedule (paper §2.2) is laid over the planned number of steps, so a budgeted run
 decays its learning rate fully by the time the budget ends, whatever the machine. Training time is
-counted across resumes (it is saved in the checkpoint); set-up and evaluation are not counted.
+counted across resumes (it is saved in the checkpoint); set-up and evaluation (also the monitor's kNN while
+training, see :meth:`Budget.paused`) are not counted. Several processes (torchrun) must stop at the same step:
+they re-plan at the same steps and take the main process's plan (``agree``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 
 REPLAN_AFTER = (5, 20, 50, 100)  # steps of this session after which the plan is re-made; then every REPLAN_EVERY
 REPLAN_EVERY = 100
@@ -19,7 +23,14 @@ WARMUP_SHARE = 0.1  # under a budget, the warm-up takes at most this share of th
 class Budget:
     """Plans ``total_steps`` for a budget of ``seconds`` (None: no budget, the epochs decide)."""
 
-    def __init__(self, seconds: float | None, max_steps: int, spent: float = 0.0, planned: int | None = None):
+    def __init__(
+        self,
+        seconds: float | None,
+        max_steps: int,
+        spent: float = 0.0,
+        planned: int | None = None,
+        agree: Callable[[int], int] | None = None,
+    ):
         self.seconds = seconds
         self.max_steps = max_steps
         self.spent = spent  # training seconds so far, over all sessions of the run
@@ -28,6 +39,8 @@ class Budget:
         self._session_steps = 0
         self._last = time.perf_counter()
         self._settled: tuple[float, int] | None = None  # (time, session steps) once settled
+        self.agree = agree  # several processes: the main process's plan, e.g. distributed.broadcast_object
+        self.paused_seconds = 0.0  # evaluation inside the training loop, left out of ``spent``
 
     def restart_clock(self) -> None:
         """Start timing now (call right before the first step, after set-up)."""
@@ -43,14 +56,34 @@ class Budget:
             return self.total_steps
         if self._session_steps == SETTLE_STEPS:
             self._settled = (now, self._session_steps)
+        due = self._settled is not None and self._due()
+        if self.agree is not None and not due:
+            return self.total_steps  # several processes decide only at the steps where all of them re-plan
         if self.spent >= self.seconds:
-            self.total_steps = step  # out of time: stop here, with a checkpoint
-        elif self._settled is not None and self._due():
+            planned = step  # out of time: stop here, with a checkpoint
+        elif due:
             since, steps_then = self._settled
             step_time = (now - since) / max(1, self._session_steps - steps_then)
             remaining = math.floor((self.seconds - self.spent) / step_time) if step_time > 0 else self.max_steps
-            self.total_steps = max(step + 1, min(self.max_steps, step + remaining))
+            planned = max(step + 1, min(self.max_steps, step + remaining))
+        else:
+            return self.total_steps
+        self.total_steps = self.agree(planned) if self.agree is not None else planned
         return self.total_steps
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time inside out of the training time and of the measured step time (evaluation while
+        training: the budget buys training steps, and its report keeps evaluation apart)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            pause = time.perf_counter() - started
+            self.paused_seconds += pause
+            self._last += pause
+            if self._settled is not None:
+                self._settled = (self._settled[0] + pause, self._settled[1])
 
     def _due(self) -> bool:
         n = self._session_steps - SETTLE_STEPS

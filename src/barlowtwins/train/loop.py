@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from barlowtwins import distributed, methods
-from barlowtwins.batched_views import batched_two_views
+from barlowtwins.batched_views import training_views
 from barlowtwins.config import EvalInputs, PretrainConfig, parse_duration
 from barlowtwins.data import ImageSource, Samples, in_memory, open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
@@ -48,7 +48,7 @@ def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn
     if m.method not in METHODS:  # before building a backbone
         raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{m.method}')")
     if backbone is None:
-        backbone = initial_backbone(m.arch, m.small_stem, config.train.seed)
+        backbone = initial_backbone(m.arch, m.small_stem, config.train.seed, m.stem_stride)
     return methods.build_method(m.method, backbone, m, config.loss)
 
 
@@ -103,6 +103,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
         t.epochs * s.steps_per_epoch,
         progress["train_seconds"] or 0.0,
         progress["total_steps"],
+        agree=distributed.broadcast_object if distributed.is_distributed() else None,
     )
     configured_warmup = round(o.warmup_epochs * s.steps_per_epoch)
     warmup = budget.warmup_steps(configured_warmup)
@@ -125,7 +126,8 @@ def pretrain(config: PretrainConfig, backbone: Backbone | None = None) -> Path:
             if step % t.log_every == 0 or step == total or monitor.due(step, total):
                 watch.check(step, run.path, run.saved_step)
                 record = _record(s, terms, step, t.batch_size * (step - window[1]) / (time.perf_counter() - window[0]))
-                record.update(monitor.watch(step, total, terms))  # kNN, pictures, probe: in the same row
+                with budget.paused():  # the monitor's kNN and pictures are evaluation, not training time
+                    record.update(monitor.watch(step, total, terms))
                 run.log(record, (*s.method.logged, "lr_weights", *monitor.scalars))
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in (*s.method.shown, "images_per_s")}, refresh=False)
                 window = time.perf_counter(), step
@@ -208,10 +210,10 @@ def _batches(config: PretrainConfig, s: _Setup, step: int) -> Iterator:
     if d.cache != "off":
         images = decoded(source, d.stored_size or a.image_size, d.cache, d.cache_dir, workers)
         if d.views == "batched":
-            views = batched_two_views(**dataclasses.asdict(a))
+            views = training_views(**dataclasses.asdict(a))
             return cached_training_batches(images, views, per_process, t.seed, s.device, start_epoch, skip)
         source = in_memory(Samples(ArrayImages(images.images), images.labels, images.ids), source.description)
-    views = two_views(**dataclasses.asdict(a))
+    views = two_views(**{k: v for k, v in dataclasses.asdict(a).items() if not k.startswith("small_")})
     return training_batches(source, views, per_process, workers, t.seed, s.device, start_epoch, skip, d.shuffle_buffer)
 
 
@@ -229,7 +231,8 @@ def _precision(
     if resumed is not None:
         return autocast_dtype(resumed, s.device)
     probe = copy.deepcopy(s.method).eval()  # eval: no batch-norm statistics change, no collectives
-    views = [v[: max(8, len(v) // 4)] for v in views]  # a quarter batch: the ratio is what counts
+    n = max(8, len(views[0]) // 4)  # a quarter batch: the ratio is what counts (small views: n per small view)
+    views = [v[: n * (len(v) // len(views[0]))] for v in views]
 
     def forward_backward(dtype: torch.dtype | None) -> None:
         with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
@@ -286,9 +289,17 @@ def _finish(config: PretrainConfig, s: _Setup, run: RunDir, budget: Budget) -> N
         print("kNN skipped: a custom backbone cannot be rebuilt by name; use evaluate.knn.knn_eval from Python")
     elif config.data.eval:
         knn.run(eval_inputs(config, run.path), config.knn)
-    minutes = {"train_minutes": budget.spent / 60, "eval_minutes": (time.perf_counter() - started) / 60}
+    minutes = {
+        "train_minutes": budget.spent / 60,
+        "monitor_minutes": budget.paused_seconds / 60,  # this session's kNN and pictures while training
+        "eval_minutes": (time.perf_counter() - started) / 60,
+    }
     run.write_json("timing.json", {**minutes, "steps": budget.total_steps, "time_budget": config.train.time_budget})
-    print(f"trained {minutes['train_minutes']:.1f} min, evaluated {minutes['eval_minutes']:.1f} min", flush=True)
+    print(
+        f"trained {minutes['train_minutes']:.1f} min (monitor {minutes['monitor_minutes']:.1f} min apart), "
+        f"evaluated {minutes['eval_minutes']:.1f} min",
+        flush=True,
+    )
 
 
 def eval_inputs(config: PretrainConfig, run_dir: Path) -> EvalInputs:
