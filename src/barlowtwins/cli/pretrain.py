@@ -7,6 +7,7 @@ import json
 
 from barlowtwins.config import FORMULATIONS, OPTIMIZERS, PRECISIONS
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.recipes import recipe_names
 
 # Named pretrain flags and the config key each one sets; anything else goes through --set.
 PRETRAIN_FLAGS = {
@@ -46,7 +47,8 @@ def _learning_rate(text: str) -> float | str:
 
 
 def _add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", help="named recipe (imagenet, cifar10, demo) or a YAML file")
+    names = ", ".join(recipe_names())
+    parser.add_argument("--recipe", help=f"named recipe ({names}) or a YAML file")
     parser.add_argument("--data", nargs="+", help="image folder, .tar shards (pattern or paths), or dataset name")
     parser.add_argument("--eval-data", nargs="+", help="labelled test data: kNN against --data at the end")
     parser.add_argument("--data-root", help="where torchvision datasets are stored")
