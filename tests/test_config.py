@@ -88,3 +88,19 @@ def test_resume_compatibility_ignores_execution_settings_only():
     )
     changed = make_config("cifar10", [parse_override("model.projector=512-512"), parse_override("loss.lambd=0.1")])
     assert incompatible_changes(saved, changed) == ["loss.lambd", "model.projector"]
+
+
+def test_the_cli_stem_flags_set_the_stride_the_recipe_would_otherwise_give(capsys):
+    import yaml
+
+    from barlowtwins.cli import main
+
+    def printed(*flags: str) -> dict:
+        assert main(["pretrain", "--recipe", "cifar10-cpu", *flags, "--print-config"]) == 0
+        return yaml.safe_load(capsys.readouterr().out)["model"]
+
+    assert (printed()["small_stem"], printed()["stem_stride"]) == (True, 2)  # the recipe's 3x3 stride-2 stem
+    for flags in (["--no-small-stem"], ["--arch", "timm:resnet10t"]):
+        assert (printed(*flags)["small_stem"], printed(*flags)["stem_stride"]) == (False, 1)
+    with pytest.raises(BarlowTwinsError, match="add --small-stem"):  # a stride set by hand is not dropped
+        make_config("cifar10-cpu", [parse_override("model.small_stem=false")])

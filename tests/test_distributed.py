@@ -285,14 +285,14 @@ def test_each_process_reads_its_own_shards(two_process_results):
     assert len(shards_of[0]) == len(shards_of[1]) == SHARDS // WORLD  # whole shards per process
 
 
-def _pretrain(nproc: int, out: Path, epochs: int) -> subprocess.CompletedProcess:
+def _pretrain(nproc: int, out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=nproc -m barlowtwins pretrain ...`` (plain ``python -m`` for one process)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     command = [
         sys.executable, *launcher,
         "-m", "barlowtwins", "pretrain", "--recipe", "demo", "--data", "digits", "--eval-data", "digits:test",
         "--limit", "256", "--eval-limit", "64", "--batch-size", "64", "--projector", "64-64-128",
-        "--epochs", str(epochs), "--out", str(out), "--set", "data.workers=0", "--set", "train.log_every=1",
+        "--epochs", str(epochs), "--out", str(out), "--set", "data.workers=0", "--set", "train.log_every=1", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -326,3 +326,16 @@ def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path):
     assert "from epoch 2, step 8" in third.stdout and "over 1 process(es)" in third.stdout
     assert _logged_steps(out) == list(range(1, 13))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 12
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
+    """Each process measures its own step time; they re-plan at the same steps and take rank 0's plan, so
+    all stop together (a process that stopped alone would leave the others waiting in an all-reduce)."""
+    out = tmp_path / "run"
+    _pretrain(WORLD, out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0")
+    timing = json.loads((out / "timing.json").read_text())
+    steps = _logged_steps(out)
+    assert 6 < timing["steps"] < 4000 and steps[-1] == timing["steps"] == steps.index(steps[-1]) + 1
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == timing["steps"]
+    assert timing["train_minutes"] * 60 < 12  # stopped on the budget, not on the epochs
