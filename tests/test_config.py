@@ -90,17 +90,20 @@ def test_resume_compatibility_ignores_execution_settings_only():
     assert incompatible_changes(saved, changed) == ["loss.lambd", "model.projector"]
 
 
-def test_the_cli_stem_flags_set_the_stride_the_recipe_would_otherwise_give(capsys):
+def test_the_cli_stem_flags_set_the_stride_the_recipe_would_otherwise_give(capsys, tmp_path):
     import yaml
 
     from barlowtwins.cli import main
 
+    recipe = tmp_path / "stride2.yaml"
+    recipe.write_text("model:\n  arch: resnet18\n  small_stem: true\n  stem_stride: 2\n")
+
     def printed(*flags: str) -> dict:
-        assert main(["pretrain", "--recipe", "cifar10-cpu", *flags, "--print-config"]) == 0
+        assert main(["pretrain", "--recipe", str(recipe), *flags, "--print-config"]) == 0
         return yaml.safe_load(capsys.readouterr().out)["model"]
 
     assert (printed()["small_stem"], printed()["stem_stride"]) == (True, 2)  # the recipe's 3x3 stride-2 stem
     for flags in (["--no-small-stem"], ["--arch", "timm:resnet10t"]):
         assert (printed(*flags)["small_stem"], printed(*flags)["stem_stride"]) == (False, 1)
     with pytest.raises(BarlowTwinsError, match="add --small-stem"):  # a stride set by hand is not dropped
-        make_config("cifar10-cpu", [parse_override("model.small_stem=false")])
+        make_config(str(recipe), [parse_override("model.small_stem=false")])

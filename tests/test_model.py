@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from barlowtwins import BarlowTwinsError, build_backbone, build_projector
-from barlowtwins.config import LossConfig, ModelConfig, parse_projector_spec
+from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.losses.barlow_twins import barlow_twins_terms
 from barlowtwins.methods import METHODS
+from barlowtwins.validation import parse_projector_spec
 
 
 @pytest.mark.parametrize(

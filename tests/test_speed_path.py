@@ -12,7 +12,7 @@ import torch
 from barlowtwins.batched_views import batched_two_views
 from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
-from barlowtwins.config import AugmentConfig, parse_duration
+from barlowtwins.config import AugmentConfig
 from barlowtwins.data import open_source, sample_index
 from barlowtwins.data.cache import stored_image
 from barlowtwins.data.loaders import cached_training_batches, decoded
@@ -20,6 +20,7 @@ from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import fastest_dtype
 from barlowtwins.train import budget as budget_module
 from barlowtwins.train.budget import Budget
+from barlowtwins.validation import parse_duration
 
 CPU = torch.device("cpu")
 

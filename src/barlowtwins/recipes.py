@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from barlowtwins.config import RESUMABLE_CHANGES, OptimConfig, PretrainConfig, TrainConfig, validate
+from barlowtwins.config import RESUMABLE_CHANGES, OptimConfig, PretrainConfig, TrainConfig
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.validation import validate
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 YAML_11_WORDS = {"yes", "no", "on", "off", "y", "n"}

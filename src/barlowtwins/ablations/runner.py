@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from barlowtwins.ablations import report, studies
-from barlowtwins.config import AblateConfig, parse_projector_spec
+from barlowtwins.config import AblateConfig
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.validation import parse_projector_spec
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from barlowtwins.config import EvalInputs, KnnConfig, LinearConfig, SemiConfig, TransferConfig, check_ranges
+from barlowtwins.config import EvalInputs, KnnConfig, LinearConfig, SemiConfig, TransferConfig
+from barlowtwins.validation import check_ranges
 
 HELP = {
     "checkpoint": "run directory, checkpoint, exported backbone, or plain state_dict file",

@@ -21,10 +21,11 @@ from torch import nn
 
 from barlowtwins.atomic import atomic_write_text
 from barlowtwins.checkpoint import load_backbone
-from barlowtwins.config import IMAGENET_MEAN, IMAGENET_STD, EvalInputs, check_ranges
+from barlowtwins.config import IMAGENET_MEAN, IMAGENET_STD, EvalInputs
 from barlowtwins.data import ImageSource, open_source, resolve_workers
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import run_metadata, select_device
+from barlowtwins.validation import check_ranges
 from barlowtwins.views import eval_transform
 
 

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from barlowtwins.config import EvalInputs, KnnConfig, check_ranges
+from barlowtwins.config import EvalInputs, KnnConfig
 from barlowtwins.data import ImageSource, batches
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate.features import extract
+from barlowtwins.validation import check_ranges
 
 
 @torch.no_grad()

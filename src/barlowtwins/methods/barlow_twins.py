@@ -8,11 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from barlowtwins.config import LossConfig, ModelConfig, parse_projector_spec
+from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.losses.barlow_twins import BarlowTwinsLoss
 from barlowtwins.models.backbones import Backbone, one_d_parameter_names
 from barlowtwins.models.heads import build_predictor, build_projector, predictor_spec
+from barlowtwins.validation import parse_projector_spec
 
 
 class BarlowTwins(nn.Module):

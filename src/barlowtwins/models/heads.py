@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from barlowtwins.config import parse_projector_spec
+from barlowtwins.validation import parse_projector_spec
 
 
 def build_projector(in_dim: int, spec: str, batch_norm: bool = True) -> nn.Sequential:

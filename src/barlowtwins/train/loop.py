@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from barlowtwins import distributed, methods
 from barlowtwins.batched_views import training_views
-from barlowtwins.config import EvalInputs, PretrainConfig, parse_duration
+from barlowtwins.config import EvalInputs, PretrainConfig
 from barlowtwins.data import ImageSource, Samples, in_memory, open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.data.sources import ArrayImages
@@ -38,6 +38,7 @@ from barlowtwins.train.divergence import FiniteWatch
 from barlowtwins.train.monitor import Monitor
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.run_dir import RunDir
+from barlowtwins.validation import parse_duration
 from barlowtwins.views import two_views
 
 
