@@ -2,7 +2,8 @@
 
 Pretraining configuration flows one way: these defaults (the paper's ImageNet recipe) <- a named recipe
 (``recipes/<name>.yaml``, only the values that differ) <- command-line overrides -> one frozen
-``PretrainConfig`` -> ``pretrain(config)`` (:mod:`barlowtwins.recipes` does the merging and type checks).
+``PretrainConfig`` -> ``pretrain(config)`` (:mod:`barlowtwins.recipes` does the merging and type checks,
+:mod:`barlowtwins.validation` the ranges and combinations).
 Components never see these objects; they get plain arguments, and where a function offers a default it
 refers to the field here (``lambd: float = LossConfig.lambd``) instead of repeating the number.
 This module imports neither torch nor anything that does, so the command line starts fast.
