@@ -60,6 +60,7 @@ S2 = ["--small-stem", "--set", "model.stem_stride=2"]
 AVX512: dict[str, list[str]] = {
     "ImageNet stem (the recipe of 2026-11-23)": [*CPU, "--no-small-stem"],
     "ImageNet stem, batch 256": [*CPU, "--no-small-stem", "--batch-size", "256"],
+    "ImageNet stem, batch 64": [*CPU, "--no-small-stem", "--batch-size", "64"],
     "ImageNet stem, lr 0.5": [*CPU, "--no-small-stem", "--lr", "0.5"],
     "ImageNet stem, projector 2048^3": [*CPU, "--no-small-stem", "--projector", "2048-2048-2048"],
     "ImageNet stem, projector 1024-1024-4096": [*CPU, "--no-small-stem", "--projector", "1024-1024-4096"],
