@@ -37,7 +37,7 @@ from barlowtwins.data import open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
 from barlowtwins.train.loop import build_method, train_step
-from barlowtwins.views import two_views
+from barlowtwins.views import pair_settings, two_views
 
 CPU = torch.device("cpu")
 BATCH = 256
@@ -63,13 +63,13 @@ def _rate(batches, steps: int) -> float:
 def data_alone(config, steps: int) -> dict[str, float]:
     """pairs/s of the data path alone: batched views of decoded images against PIL views in workers."""
     a, source = config.augment, open_source(config.data.train)
-    workers = resolve_workers(-1)
+    pair, workers = pair_settings(dataclasses.asdict(a)), resolve_workers(-1)
     started = time.perf_counter()
     images = decoded(source, a.image_size, "memory", "", workers)
     decode_seconds = time.perf_counter() - started
-    batched = cached_training_batches(images, batched_two_views(**dataclasses.asdict(a)), BATCH, 0, CPU)
+    batched = cached_training_batches(images, batched_two_views(**pair), BATCH, 0, CPU)
     batched_rate = _rate(batched, steps)
-    pil = training_batches(source, two_views(**dataclasses.asdict(a)), BATCH, workers, 0, CPU, shuffle_buffer=2000)
+    pil = training_batches(source, two_views(**pair), BATCH, workers, 0, CPU, shuffle_buffer=2000)
     return {"pil": _rate(pil, steps), "batched": batched_rate, "decode_seconds": decode_seconds}
 
 

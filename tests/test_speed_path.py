@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from barlowtwins.batched_views import batched_two_views
+from barlowtwins.batched_views import training_views
 from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
 from barlowtwins.config import AugmentConfig
@@ -40,7 +40,7 @@ def test_decoded_rows_are_the_stored_images_in_sample_order(digits_decoded):
 
 
 def _views():
-    return batched_two_views(**dataclasses.asdict(AugmentConfig(image_size=8, blur_p=(0.0, 0.0))))
+    return training_views(**dataclasses.asdict(AugmentConfig(image_size=8, blur_p=(0.0, 0.0))))
 
 
 def test_cached_batches_resume_exactly_and_cover_each_epoch_once(digits_decoded):

@@ -87,6 +87,11 @@ def two_views(
     return TwoViews(*asymmetric_pair(view_transform, locals()))
 
 
+def pair_settings(augment: dict) -> dict:
+    """An ``AugmentConfig``'s fields for the two views alone (the small views are the batched path's own)."""
+    return {k: v for k, v in augment.items() if k not in ("small_views", "small_size", "small_crop_scale")}
+
+
 def asymmetric_pair(make_view: Callable, params: dict) -> tuple:
     """View A and view B of paper §2.2 from one view's builder: the same operations and parameters, except
     the blur and solarization probabilities, which ``params`` gives as (view A, view B) pairs."""

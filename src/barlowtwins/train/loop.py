@@ -39,7 +39,7 @@ from barlowtwins.train.monitor import Monitor
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.run_dir import RunDir
 from barlowtwins.validation import parse_duration
-from barlowtwins.views import two_views
+from barlowtwins.views import pair_settings, two_views
 
 
 def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn.Module:
@@ -214,7 +214,7 @@ def _batches(config: PretrainConfig, s: _Setup, step: int) -> Iterator:
             views = training_views(**dataclasses.asdict(a))
             return cached_training_batches(images, views, per_process, t.seed, s.device, start_epoch, skip)
         source = in_memory(Samples(ArrayImages(images.images), images.labels, images.ids), source.description)
-    views = two_views(**{k: v for k, v in dataclasses.asdict(a).items() if not k.startswith("small_")})
+    views = two_views(**pair_settings(dataclasses.asdict(a)))
     return training_batches(source, views, per_process, workers, t.seed, s.device, start_epoch, skip, d.shuffle_buffer)
 
 
