@@ -14,6 +14,7 @@ WebDataset shards. Compared in the same run:
 
     python benchmarks/throughput.py --shards '../shared/data/cifar10/cifar10-train-{000000..000009}.tar'
     python benchmarks/throughput.py --shards ... --seconds 40 --skip-end-to-end     # quicker
+    python benchmarks/throughput.py --shards ... --skip-end-to-end --compile        # + bf16 under torch.compile
 
 Run it on an otherwise idle machine: every figure shares the same cores.
 """
@@ -73,23 +74,29 @@ def data_alone(config, steps: int) -> dict[str, float]:
     return {"pil": _rate(pil, steps), "batched": batched_rate, "decode_seconds": decode_seconds}
 
 
-def model_alone(config, steps: int) -> dict[str, float]:
-    """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast."""
+def model_alone(config, steps: int, compiled: bool = False) -> dict[str, float]:
+    """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast (and bf16 under
+    ``torch.compile`` when ``compiled``, with its compile time: the first step's)."""
     from barlowtwins.optim import build_optimizer
 
     rates = {}
     views = [torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
-    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    variants = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
+    variants += [("bf16 compiled", torch.bfloat16, True)] if compiled else []
+    for name, dtype, compile_it in variants:
         method = build_method(config).to(memory_format=torch.channels_last)
         o = config.optim
         optimizer = build_optimizer(
             method, method.no_weight_decay(), "lars", BATCH, o.lr_weights, o.lr_biases, o.weight_decay
         )
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        train_step(method, optimizer, scaler, views, dtype)
+        trainer = torch.compile(method) if compile_it else method
+        start = time.perf_counter()
+        train_step(trainer, optimizer, scaler, views, dtype)
+        rates[f"{name} first step s"] = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(steps):
-            train_step(method, optimizer, scaler, views, dtype)
+            train_step(trainer, optimizer, scaler, views, dtype)
         rates[name] = steps * BATCH / (time.perf_counter() - start)
     return rates
 
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument("--model-steps", type=int, default=3, help="steps timed for the model alone, per precision")
     parser.add_argument("--seconds", type=int, default=90, help="training budget of each end-to-end run")
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the bf16 model step under torch.compile")
     args = parser.parse_args()
     print(
         f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
@@ -151,11 +159,17 @@ def main() -> None:
         f"(a) data + views alone: PIL {data['pil']:.0f} pairs/s, batched {data['batched']:.0f} pairs/s "
         f"({data['batched'] / data['pil']:.1f}x; decoding the set once took {data['decode_seconds']:.0f} s)"
     )
-    model = model_alone(config, args.model_steps)
+    model = model_alone(config, args.model_steps, args.compile)
     print(
         f"(b) model step alone: fp32 {model['fp32']:.0f} pairs/s, bf16 {model['bf16']:.0f} pairs/s "
         f"({model['bf16'] / model['fp32']:.2f}x)"
     )
+    if args.compile:
+        print(
+            f"    bf16 under torch.compile: {model['bf16 compiled']:.0f} pairs/s "
+            f"({model['bf16 compiled'] / model['bf16']:.2f}x eager bf16; compiling took "
+            f"{model['bf16 compiled first step s']:.0f} s, eager's first step {model['bf16 first step s']:.1f} s)"
+        )
     if args.skip_end_to_end:
         return
     runs = end_to_end(args.shards, args.seconds)
