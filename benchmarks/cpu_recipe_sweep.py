@@ -194,8 +194,8 @@ def main() -> None:
             row = done.get((name, budget))
             if row is None:
                 print(f"running {name} for {budget} ...", flush=True)
-                first_of_stem = all(_stem(f) != _stem(flags) for r in rows for f in [variants.get(r["name"], [])])
-                row = {**run_variant(name, flags, budget, out, floor=first_of_stem), "budget": budget}
+                stems_done = {_stem(variants.get(r["name"], [])) for r in rows}
+                row = {**run_variant(name, flags, budget, out, floor=_stem(flags) not in stems_done), "budget": budget}
             rows.append(row)
             write_table(rows, args.budgets, out)
             print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from barlowtwins.config import ModelConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.models.backbones import Backbone, build_backbone
 from barlowtwins.models.heads import build_projector
@@ -96,6 +97,11 @@ def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], 
     backbone.load_state_dict(state_dict)
 
 
+def saved_model_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``config["model"]``, with the default of each model setting added since it was written."""
+    return {"stem_stride": ModelConfig.stem_stride, **config["model"]}
+
+
 def load_backbone(
     path: str | Path | None,
     arch: str | None = None,
@@ -115,8 +121,7 @@ def load_backbone(
     if path is not None:
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        model_config = state["config"]["model"]
-        model_config = {"stem_stride": 1, **model_config}
+        model_config = saved_model_settings(state["config"])
         backbone, dim, _ = backbone or build_backbone(
             model_config["arch"], model_config["small_stem"], model_config["stem_stride"]
         )
@@ -130,10 +135,10 @@ def load_backbone(
     if saved:
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
-        stem_stride = saved.get("stem_stride", 1) if stem_stride is None else stem_stride
+        stem_stride = saved.get("stem_stride") if stem_stride is None else stem_stride
     if arch is None and backbone is None:
         raise BarlowTwinsError(f"{path} is a plain state_dict; say which architecture it is with --arch")
-    stem_stride = stem_stride or 1
+    stem_stride = stem_stride or ModelConfig.stem_stride  # not given, or an export from before it existed
     backbone, dim, _ = backbone or build_backbone(arch, bool(small_stem), stem_stride)
     info = {"weights": str(path) if path else "random init", "arch": arch, "small_stem": bool(small_stem)}
     info["stem_stride"] = stem_stride

@@ -15,7 +15,13 @@ from typing import Any
 from safetensors.torch import save as safetensors_bytes
 
 from barlowtwins.atomic import atomic_save, atomic_write_bytes, atomic_write_text
-from barlowtwins.checkpoint import backbone_state_dict, checkpoint_path, load_checkpoint, load_weights_into
+from barlowtwins.checkpoint import (
+    backbone_state_dict,
+    checkpoint_path,
+    load_checkpoint,
+    load_weights_into,
+    saved_model_settings,
+)
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.models.backbones import CUSTOM, TIMM_PREFIX, build_backbone
 from barlowtwins.runtime import package_version
@@ -53,7 +59,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, safetensors: bool =
     state = load_checkpoint(checkpoint)
     weights = {k: v.contiguous() for k, v in backbone_state_dict(state["model"]).items()}
     config, paths = state["config"], export_paths(out)
-    model = {"stem_stride": 1, **config["model"]}  # checkpoints from before stem_stride used 1
+    model = saved_model_settings(config)
     if model["arch"] != CUSTOM:  # the weights must fit the architecture the sidecar will name
         backbone = build_backbone(model["arch"], model["small_stem"], model["stem_stride"]).module
         load_weights_into(backbone, weights, f"{checkpoint} (its config names {model['arch']})")

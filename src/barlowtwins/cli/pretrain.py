@@ -92,10 +92,11 @@ def _config_from_args(args: argparse.Namespace, recipe: str | None):
     overrides = [
         override(key, getattr(args, flag)) for flag, key in PRETRAIN_FLAGS.items() if getattr(args, flag) is not None
     ]
-    if (args.arch or "").startswith("timm:") and args.small_stem is None:
+    timm = (args.arch or "").startswith("timm:")
+    if timm and args.small_stem is None:
         overrides.append(override("model.small_stem", False))  # a recipe's ResNet stem does not apply to timm models
-    if args.small_stem is False or (args.arch or "").startswith("timm:"):
-        overrides.append(override("model.stem_stride", 1))  # the ImageNet stem: no recipe's small-stem stride
+    if timm or args.small_stem is False:
+        overrides.append(override("model.stem_stride", 1))  # no small stem: no recipe's small-stem stride
     overrides += [parse_override(text) for text in args.set]
     return make_config(recipe, overrides)
 

@@ -64,14 +64,14 @@ def load_subjects(inputs: EvalInputs) -> dict[str, Subject]:
     """``{"pretrained", "random_init"?, "baseline"?}``: the weights, their floor, and an optional baseline."""
     backbone, dim, info = load_backbone(inputs.checkpoint, inputs.arch or None, inputs.small_stem)
     subjects = {"pretrained": Subject(backbone, dim, info)}
+    architecture = {"arch": info["arch"], "small_stem": info["small_stem"], "stem_stride": info["stem_stride"]}
     if inputs.random_init:
         seed = info.get("seed", inputs.seed)  # a barlowtwins run's own initial weights (models.initial_backbone)
         torch.manual_seed(seed)
-        floor, floor_dim, floor_info = load_backbone(None, info["arch"], info["small_stem"], None, info["stem_stride"])
+        floor, floor_dim, floor_info = load_backbone(None, **architecture)
         subjects["random_init"] = Subject(floor, floor_dim, {**floor_info, "seed": seed})
     if inputs.baseline_weights:
-        baseline = load_backbone(inputs.baseline_weights, info["arch"], info["small_stem"], None, info["stem_stride"])
-        subjects["baseline"] = Subject(*baseline)
+        subjects["baseline"] = Subject(*load_backbone(inputs.baseline_weights, **architecture))
     return subjects
 
 
