@@ -6,9 +6,12 @@ to a Markdown table and a JSON file as they finish (a re-run skips finished rows
 
     python benchmarks/cpu_recipe_sweep.py --budgets 5m --out docs/cpu-recipe/sweep-5m-avx512   # the variants below
     python benchmarks/cpu_recipe_sweep.py --recipe cifar10-cpu --budgets 1m 5m 10m 20m --out docs/cpu-recipe/curve
+    python benchmarks/cpu_recipe_sweep.py --variants steps --budgets 3ep --out docs/cpu-recipe/sweep-3ep-avx512
 
-Budgets count training time only (decoding, the precision probe and evaluation come on top). Run one sweep
-at a time on an otherwise idle machine: the budget turns a busy CPU into fewer steps.
+A budget ending in ``ep`` trains that many epochs instead (fixed steps: rows compare learning per step,
+whatever the machine's speed). Time budgets count training time only (decoding, the precision probe and
+evaluation come on top). Run one sweep at a time on an otherwise idle machine: the budget turns a busy CPU
+into fewer steps.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ FIRST: dict[str, list[str]] = {
 }
 # 2026-11-29, AVX-512 machine (docs/cpu-recipe/sweep-5m-avx512): from that recipe (batch 128, projector 1024^3,
 # LARS lr 0.3), each row pinning the stem it compares, so the rows mean the same whatever the recipe now says.
-CPU = ["--recipe", "cifar10-cpu"]
+# The recipe as it was until the 3-epoch sweep below changed lambda and the crop scale, pinned, so these rows
+# re-run as they ran (the recipe itself now says lambda 0.01, crop 0.2-1).
+CPU = ["--recipe", "cifar10-cpu", "--set", "loss.lambd=0.0051", "--set", "augment.crop_scale=[0.08,1.0]"]
 S2 = ["--small-stem", "--set", "model.stem_stride=2"]
 AVX512: dict[str, list[str]] = {
     "ImageNet stem (the recipe of 2026-11-23)": [*CPU, "--no-small-stem"],
@@ -77,38 +82,61 @@ AVX512: dict[str, list[str]] = {
     "3x3 stride-2 stem, 2 small views (16 px)": [*CPU, *S2, "--set", "augment.small_views=2"],
     "3x3 stride-2 stem, lr 0.5": [*CPU, *S2, "--lr", "0.5"],
 }
-VARIANTS = {"first": FIRST, "avx512": AVX512}
+# 2026-11-29 (evening), the same machine (docs/cpu-recipe/sweep-3ep-avx512): fixed steps (``--budgets 3ep``), so
+# the machine's speed drifting between rows cannot change what a row learns; settings that keep the step's cost.
+# bf16 pinned: precision auto measures the machine at start-up, and a busy moment could flip a row to fp32.
+IMAGENET_STEM = [*CPU, "--no-small-stem", "--precision", "bf16"]
+STEPS: dict[str, list[str]] = {
+    "ImageNet stem (the recipe until then)": IMAGENET_STEM,
+    "lambda 0.01": [*IMAGENET_STEM, "--set", "loss.lambd=0.01"],
+    "lambda 0.02": [*IMAGENET_STEM, "--set", "loss.lambd=0.02"],
+    "crop 0.2-1": [*IMAGENET_STEM, "--set", "augment.crop_scale=[0.2,1.0]"],
+    "ImageNet stem (the recipe until then), seed 1": [*IMAGENET_STEM, "--set", "train.seed=1"],
+    "lambda 0.01, seed 1": [*IMAGENET_STEM, "--set", "loss.lambd=0.01", "--set", "train.seed=1"],
+    "lambda 0.01, crop 0.2-1": [*IMAGENET_STEM, "--set", "loss.lambd=0.01", "--set", "augment.crop_scale=[0.2,1.0]"],
+}
+VARIANTS = {"first": FIRST, "avx512": AVX512, "steps": STEPS}
+
+
+def run_dir_of(name: str, budget: str, out: Path) -> Path:
+    slug = name.replace(" ", "_").replace("/", "-").replace("^", "").replace(",", "")
+    return out / "runs" / f"{slug}-{budget}"
 
 
 def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool) -> dict:
     """Pretrain with the budget, then ``barlowtwins knn`` on the 10k test images (the floor only when asked:
-    it is the same network at the same initialisation in every row that keeps the architecture)."""
-    slug = name.replace(" ", "_").replace("/", "-").replace("^", "").replace(",", "")
-    run_dir = out / "runs" / f"{slug}-{budget}"
+    it is the same network at the same initialisation in every row that keeps the architecture). A run
+    directory that already holds its kNN result is read, not run again."""
+    run_dir = run_dir_of(name, budget, out)
     command = ["barlowtwins", "pretrain", *flags, "--data", TRAIN]
-    command += ["--time-budget", budget, "--out", str(run_dir)]
+    length = ["--epochs", budget[: -len("ep")]] if budget.endswith("ep") else ["--time-budget", budget]
+    command += [*length, "--out", str(run_dir)]
     knn = ["barlowtwins", "knn", "--checkpoint", str(run_dir), "--train-data", TRAIN, "--test-data", TEST]
     knn += ["--out", str(run_dir / "eval" / "knn.json"), *([] if floor else ["--no-random-init"])]
-    started = time.time()
-    for step in (command, knn):
-        result = subprocess.run(step, capture_output=True, text=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "stdout.txt", "a") as log:
-            log.write(result.stdout + result.stderr[-5000:])
-        if result.returncode != 0:
-            return {"name": name, "error": result.stderr.strip().splitlines()[-1], "command": shlex.join(command)}
+    started, wall_minutes = time.time(), None
+    if not (run_dir / "eval" / "knn.json").is_file():
+        print(f"running {name} for {budget} ...", flush=True)
+        for step in (command, knn):
+            result = subprocess.run(step, capture_output=True, text=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "stdout.txt", "a") as log:
+                log.write(result.stdout + result.stderr[-5000:])
+            if result.returncode != 0:
+                return {"name": name, "error": result.stderr.strip().splitlines()[-1], "command": shlex.join(command)}
+        wall_minutes = (time.time() - started) / 60
     results = json.loads((run_dir / "eval" / "knn.json").read_text())["results"]
     timing = json.loads((run_dir / "timing.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[1:]] or [records[0]["images_per_s"]]
     printed = (run_dir / "stdout.txt").read_text()
-    precision = printed.split("using ")[-1].split()[0] if "using " in printed else ""
+    pinned = flags[flags.index("--precision") + 1] if "--precision" in flags else ""
+    precision = printed.split("using ")[-1].split()[0] if "using " in printed else pinned
     return {
         "name": name,
         "steps": timing["steps"],
         "pairs_per_s": sum(rates) / len(rates),
         "train_minutes": timing["train_minutes"],
-        "wall_minutes": (time.time() - started) / 60,
+        "wall_minutes": wall_minutes,
         "knn200": results["pretrained"]["top1"]["200"],
         "knn20": results["pretrained"]["top1"]["20"],
         "floor200": results["random_init"]["top1"]["200"] if "random_init" in results else None,
@@ -175,7 +203,9 @@ def plot_curve(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budgets", nargs="+", default=["4m"], help="training time per run, e.g. 4m, 20m")
+    parser.add_argument(
+        "--budgets", nargs="+", default=["4m"], help="training time per run, e.g. 4m, 20m; or epochs, e.g. 3ep"
+    )
     parser.add_argument("--recipe", help="run this recipe (no other flags) instead of the variants below")
     parser.add_argument("--out", required=True, help="directory for the table, the JSON and the run directories")
     parser.add_argument("--variants", choices=VARIANTS, default="avx512", help="which set of variants below")
@@ -189,16 +219,15 @@ def main() -> None:
     rows = []
     for budget in args.budgets:
         for name, flags in variants.items():
-            if args.only and not any(word in name for word in args.only):
-                continue
+            selected = not args.only or any(word in name for word in args.only)
             row = done.get((name, budget))
-            if row is None:
-                print(f"running {name} for {budget} ...", flush=True)
+            if row is None and (selected or (run_dir_of(name, budget, out) / "eval" / "knn.json").is_file()):
                 stems_done = {_stem(variants.get(r["name"], [])) for r in rows}
                 row = {**run_variant(name, flags, budget, out, floor=_stem(flags) not in stems_done), "budget": budget}
-            rows.append(row)
-            write_table(rows, args.budgets, out)
-            print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
+            if row is not None:  # the table keeps every finished row of the set, whichever ran this time
+                rows.append(row)
+                write_table(rows, args.budgets, out)
+                print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -74,16 +74,16 @@ def data_alone(config, steps: int) -> dict[str, float]:
     return {"pil": _rate(pil, steps), "batched": batched_rate, "decode_seconds": decode_seconds}
 
 
-def model_alone(config, steps: int, compiled: bool = False) -> dict[str, float]:
+def model_alone(config, steps: int, compiled: bool = False, only: str = "") -> dict[str, float]:
     """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast (and bf16 under
-    ``torch.compile`` when ``compiled``, with its compile time: the first step's)."""
+    ``torch.compile`` when ``compiled``, with its compile time: the first step's); ``only``: that one."""
     from barlowtwins.optim import build_optimizer
 
     rates = {}
     views = [torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     variants = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
     variants += [("bf16 compiled", torch.bfloat16, True)] if compiled else []
-    for name, dtype, compile_it in variants:
+    for name, dtype, compile_it in [v for v in variants if v[0] == only] if only else variants:
         method = build_method(config).to(memory_format=torch.channels_last)
         o = config.optim
         optimizer = build_optimizer(
@@ -108,8 +108,10 @@ END_TO_END = {
 }
 
 
-def end_to_end(shards: str, seconds: int) -> dict[str, dict]:
-    """Each variant as a real pretrain process with a time budget; pairs/s after the first logged window."""
+def end_to_end(shards: str, seconds: int, config, bound_steps: int) -> dict[str, dict]:
+    """Each variant as a real pretrain process with a time budget; pairs/s after the first logged window, and
+    the model-step bound of the precision it used timed right after it (the machine's speed drifts by 10-20 %
+    over minutes here; a bound timed minutes apart would put that drift into the ratio)."""
     results = {}
     for name, flags in END_TO_END.items():
         with tempfile.TemporaryDirectory() as out:
@@ -123,12 +125,15 @@ def end_to_end(shards: str, seconds: int) -> dict[str, dict]:
                 raise SystemExit(f"{name} failed:\n{run.stderr[-2000:]}")
             records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
             first_step_seconds = 5 * BATCH / records[0]["images_per_s"]
+            chose = next((line for line in run.stdout.splitlines() if "precision auto" in line), "")
+            used = "fp32" if "fp32" in flags or (chose and "using bfloat16" not in chose) else "bf16"
             results[name] = {
+                "used": used,
+                "bound": model_alone(config, bound_steps, only=used)[used],
                 "pairs_per_s": sum(r["images_per_s"] for r in records[1:]) / max(1, len(records) - 1),
                 "steps": records[-1]["step"],
                 "start_to_first_step_s": records[0]["time"] - first_step_seconds / 5 - started,
                 "last_step_to_exit_s": ended - records[-1]["time"],
-                "precision": next((line for line in run.stdout.splitlines() if "precision auto" in line), ""),
             }
     return results
 
@@ -143,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="CIFAR-10 training shards (brace pattern)")
     parser.add_argument("--steps", type=int, default=20, help="batches timed for data-alone and model-alone")
-    parser.add_argument("--model-steps", type=int, default=3, help="steps timed for the model alone, per precision")
+    parser.add_argument("--model-steps", type=int, default=10, help="steps timed for the model alone, per precision")
     parser.add_argument("--seconds", type=int, default=90, help="training budget of each end-to-end run")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the bf16 model step under torch.compile")
@@ -172,14 +177,14 @@ def main() -> None:
         )
     if args.skip_end_to_end:
         return
-    runs = end_to_end(args.shards, args.seconds)
+    runs = end_to_end(args.shards, args.seconds, config, args.model_steps)
     reference = runs["pil fp32 (previous default)"]["pairs_per_s"]
-    print(f"(c) end to end ({args.seconds} s budget each):")
+    print(f"(c) end to end ({args.seconds} s budget each; its precision's model-step bound timed right after it):")
     for name, r in runs.items():
-        used = "bf16" if "bf16" in name or "using bfloat16" in r["precision"] else "fp32"  # auto says what it chose
         print(
             f"    {name:28s} {r['pairs_per_s']:6.0f} pairs/s  {r['pairs_per_s'] / reference:.2f}x the previous "
-            f"default, {r['pairs_per_s'] / model[used]:.2f}x its ({used}) model-step bound; {r['steps']} steps; "
+            f"default, {r['pairs_per_s'] / r['bound']:.2f}x its {r['used']} model-step bound ({r['bound']:.0f}); "
+            f"{r['steps']} steps; "
             f"start to first step {r['start_to_first_step_s']:.0f} s, "
             f"last step to exit {r['last_step_to_exit_s']:.0f} s"
         )

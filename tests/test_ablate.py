@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from barlowtwins.ablations import studies
 from barlowtwins.ablations.report import verdict
-from barlowtwins.ablations.runner import StudyData, plan
+from barlowtwins.ablations.runner import StudyData, check_same_settings, commands, plan
 from barlowtwins.cli import main
 from barlowtwins.config import AblateConfig
+from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import make_config, parse_override
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -87,6 +90,25 @@ def test_dry_run_prints_every_command(tmp_path, capsys):
     assert len(lines) == 4 * 2 * 3 and sum(" pretrain " in line for line in lines) == 8
     assert sum("--random-init" in line for line in lines) == 2  # the floor beside the first run only
     assert not list(tmp_path.iterdir())
+
+
+def test_a_study_refuses_a_run_made_with_other_settings(tmp_path, monkeypatch):
+    """A recipe edited after a run was made (here: its lambda) must not let a study mix two configurations:
+    the run's saved config.yaml is held against what the run's command resolves to now."""
+    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    settings = AblateConfig(recipe="demo", out=str(tmp_path), seeds=1)
+    data = StudyData(("digits",), ("digits:test",))
+    run = plan(studies.study("table6", (64,), (0.3,), (128,)), settings, data)[0]
+    pretrain = commands(run, settings, data, floor=True)["pretrain"]
+    printed = subprocess.run([*pretrain, "--print-config"], capture_output=True, text=True, check=True).stdout
+    run.path.mkdir(parents=True)
+    (run.path / "config.yaml").write_text(printed)
+    check_same_settings(run, pretrain)  # the same settings: reused
+    saved = yaml.safe_load(printed)
+    saved["loss"]["lambd"], saved["knn"]["k"] = 0.125, [7]  # knn.k is evaluation only: not a difference
+    (run.path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(BarlowTwinsError, match=r"seed0 was made with other settings .*\(loss\.lambd: 0\.125 -> "):
+        check_same_settings(run, pretrain)
 
 
 @pytest.mark.slow

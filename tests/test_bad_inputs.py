@@ -99,6 +99,8 @@ def existing_run(tmp_path) -> Path:
         (["--image-size", "0"], "augment.image_size must be at least 8 pixels"),
         (["--batch-size", "0"], "train.batch_size must be at least 2"),
         (["--epochs", "-1"], "train.epochs must be at least 1"),
+        (["--set", "augment.crop_scale=[0.5,0.2]"], "augment.crop_scale must satisfy 0 < low <= high <= 1"),
+        (["--set", "augment.small_crop_scale=[0,0.4]"], "augment.small_crop_scale must satisfy 0 < low <= high"),
     ],
 )
 def test_out_of_range_pretrain_settings(existing_run, capsys, argv, message):

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +196,17 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def changed_settings(
+    saved: dict[str, Any], current: dict[str, Any], ignored: Collection[str] = RESUMABLE_CHANGES
+) -> list[str]:
+    """Keys whose values differ between two configs (as dicts), except ``ignored``; a field added since
+    ``saved`` was written counts as its default there."""
+    old, new = flatten(saved), flatten(current)
+    defaults = flatten(PretrainConfig().to_dict())
+    old = {**{k: defaults[k] for k in set(new) - set(old) if k in defaults}, **old}
+    return sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
+
+
 def incompatible_changes(saved: dict[str, Any], current: PretrainConfig) -> list[str]:
     """Keys whose values differ between a saved run and the current config and matter for resuming."""
-    old, new = flatten(saved), flatten(current.to_dict())
-    defaults = flatten(PretrainConfig().to_dict())
-    old = {**{k: defaults[k] for k in set(new) - set(old) if k in defaults}, **old}  # a field added since: default
-    return sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    return changed_settings(saved, current.to_dict())

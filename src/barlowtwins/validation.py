@@ -59,8 +59,10 @@ def validate(config: PretrainConfig) -> None:
         raise BarlowTwinsError(f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
     if a.image_size < 8:
         raise BarlowTwinsError(f"augment.image_size must be at least 8 pixels (got {a.image_size})")
-    if not 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1:
-        raise BarlowTwinsError(f"augment.crop_scale must satisfy 0 < low <= high <= 1 (got {a.crop_scale})")
+    for name in ("crop_scale", "small_crop_scale"):
+        low, high = getattr(a, name)
+        if not 0 < low <= high <= 1:
+            raise BarlowTwinsError(f"augment.{name} must satisfy 0 < low <= high <= 1 (got {getattr(a, name)})")
     probabilities = [a.flip_p, a.jitter_p, a.grayscale_p, *a.blur_p, *a.solarize_p]
     if any(not 0 <= p <= 1 for p in probabilities):
         raise BarlowTwinsError("augmentation probabilities must lie in [0, 1]")

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from barlowtwins.ablations import report, studies
-from barlowtwins.config import AblateConfig
+from barlowtwins.config import RESUMABLE_CHANGES, AblateConfig
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.recipes import changed_settings, flatten
 from barlowtwins.validation import parse_projector_spec
 
 
@@ -93,6 +96,28 @@ def is_finished(run: Run) -> bool:
     return all((run.path / "eval" / f"{name}.json").is_file() for name in ("knn", "linear-fast"))
 
 
+def check_same_settings(run: Run, pretrain: list[str]) -> None:
+    """Refuse to reuse a run whose saved ``config.yaml`` differs from what its command resolves to now
+    (``pretrain --print-config``; a recipe edited since, say): a row must not mix runs of two configurations.
+    The length of training counts here (a finished run is not resumed), the other resumable settings do not."""
+    saved = run.path / "config.yaml"
+    if not saved.is_file():
+        return
+    printed = subprocess.run([*pretrain, "--print-config"], capture_output=True, text=True, check=False)
+    if printed.returncode != 0:
+        last = (printed.stderr.strip().splitlines() or ["pretrain --print-config failed"])[-1]
+        raise BarlowTwinsError(last.removeprefix("barlowtwins: error: "))
+    now, before = yaml.safe_load(printed.stdout), yaml.safe_load(saved.read_text())
+    changes = changed_settings(before, now, RESUMABLE_CHANGES - {"train.epochs", "train.time_budget"})
+    if changes:
+        old, new = flatten(before), flatten(now)
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changes[:3])
+        raise BarlowTwinsError(
+            f"{run.path} was made with other settings than this command gives now ({shown}); pass the run's "
+            "own settings (--set KEY=VALUE) to extend the study, or use another --out"
+        )
+
+
 def _execute(command: list[str], log: Path) -> bool:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
@@ -124,6 +149,7 @@ def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool 
             print("\n".join(shlex.join(c) for c in cmds.values()))
             continue
         label = f"[{i + 1}/{len(runs)}] {run.path.relative_to(out)}"
+        check_same_settings(run, cmds["pretrain"])
         if is_finished(run):
             print(f"{label}: finished, skipped", flush=True)
             status[str(run.path)] = "finished"
