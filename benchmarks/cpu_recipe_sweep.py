@@ -98,6 +98,9 @@ STEPS: dict[str, list[str]] = {
 VARIANTS = {"first": FIRST, "avx512": AVX512, "steps": STEPS}
 
 
+KNN_RESULT = Path("eval") / "knn.json"  # in a row's run directory: the row is finished when it exists
+
+
 def run_dir_of(name: str, budget: str, out: Path) -> Path:
     slug = name.replace(" ", "_").replace("/", "-").replace("^", "").replace(",", "")
     return out / "runs" / f"{slug}-{budget}"
@@ -112,9 +115,9 @@ def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool
     length = ["--epochs", budget[: -len("ep")]] if budget.endswith("ep") else ["--time-budget", budget]
     command += [*length, "--out", str(run_dir)]
     knn = ["barlowtwins", "knn", "--checkpoint", str(run_dir), "--train-data", TRAIN, "--test-data", TEST]
-    knn += ["--out", str(run_dir / "eval" / "knn.json"), *([] if floor else ["--no-random-init"])]
+    knn += ["--out", str(run_dir / KNN_RESULT), *([] if floor else ["--no-random-init"])]
     started, wall_minutes = time.time(), None
-    if not (run_dir / "eval" / "knn.json").is_file():
+    if not (run_dir / KNN_RESULT).is_file():
         print(f"running {name} for {budget} ...", flush=True)
         for step in (command, knn):
             result = subprocess.run(step, capture_output=True, text=True)
@@ -124,7 +127,7 @@ def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool
             if result.returncode != 0:
                 return {"name": name, "error": result.stderr.strip().splitlines()[-1], "command": shlex.join(command)}
         wall_minutes = (time.time() - started) / 60
-    results = json.loads((run_dir / "eval" / "knn.json").read_text())["results"]
+    results = json.loads((run_dir / KNN_RESULT).read_text())["results"]
     timing = json.loads((run_dir / "timing.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[1:]] or [records[0]["images_per_s"]]
@@ -221,7 +224,7 @@ def main() -> None:
         for name, flags in variants.items():
             selected = not args.only or any(word in name for word in args.only)
             row = done.get((name, budget))
-            if row is None and (selected or (run_dir_of(name, budget, out) / "eval" / "knn.json").is_file()):
+            if row is None and (selected or (run_dir_of(name, budget, out) / KNN_RESULT).is_file()):
                 stems_done = {_stem(variants.get(r["name"], [])) for r in rows}
                 row = {**run_variant(name, flags, budget, out, floor=_stem(flags) not in stems_done), "budget": budget}
             if row is not None:  # the table keeps every finished row of the set, whichever ran this time

@@ -29,9 +29,9 @@ import torch
 from barlowtwins.batched_views import training_views
 from barlowtwins.data import open_source, resolve_workers
 from barlowtwins.data.loaders import cached_training_batches, decoded
-from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
+from barlowtwins.optim import lr_factor, set_learning_rate
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method, train_step
+from barlowtwins.train.loop import build_method, run_optimizer, train_step
 
 BATCH = 256
 SCHEDULE_EPOCHS, WARMUP_EPOCHS = 4, 0.27  # the issue's second bullet: 780 steps, warm-up 0.27 epoch
@@ -41,19 +41,7 @@ def losses(config, images, steps: int, dtype: torch.dtype | None, view_seed: int
     """The loss of each of the first ``steps`` steps, and pairs/s over them after the first; ``view_seed``
     shifts the views' seed (the initial weights stay those of ``train.seed``)."""
     method = build_method(config).to(memory_format=torch.channels_last)
-    o = config.optim
-    optimizer = build_optimizer(
-        method,
-        method.no_weight_decay(),
-        o.optimizer,
-        BATCH,
-        o.lr_weights,
-        o.lr_biases,
-        o.weight_decay,
-        o.momentum,
-        o.lars_eta,
-        o.clip_lr,
-    )
+    optimizer, o = run_optimizer(config, method), config.optim
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     views = training_views(**dataclasses.asdict(config.augment))
     batches = cached_training_batches(images, views, BATCH, config.train.seed + view_seed, torch.device("cpu"))

@@ -37,7 +37,7 @@ from barlowtwins.batched_views import batched_two_views
 from barlowtwins.data import open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method, train_step
+from barlowtwins.train.loop import build_method, run_optimizer, train_step
 from barlowtwins.views import pair_settings, two_views
 
 CPU = torch.device("cpu")
@@ -77,18 +77,13 @@ def data_alone(config, steps: int) -> dict[str, float]:
 def model_alone(config, steps: int, compiled: bool = False, only: str = "") -> dict[str, float]:
     """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast (and bf16 under
     ``torch.compile`` when ``compiled``, with its compile time: the first step's); ``only``: that one."""
-    from barlowtwins.optim import build_optimizer
-
     rates = {}
     views = [torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     variants = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
     variants += [("bf16 compiled", torch.bfloat16, True)] if compiled else []
     for name, dtype, compile_it in [v for v in variants if v[0] == only] if only else variants:
         method = build_method(config).to(memory_format=torch.channels_last)
-        o = config.optim
-        optimizer = build_optimizer(
-            method, method.no_weight_decay(), "lars", BATCH, o.lr_weights, o.lr_biases, o.weight_decay
-        )
+        optimizer = run_optimizer(config, method)  # the run's own: the recipe's LARS (clip_lr, eta)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         trainer = torch.compile(method) if compile_it else method
         start = time.perf_counter()

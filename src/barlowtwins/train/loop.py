@@ -53,6 +53,23 @@ def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn
     return methods.build_method(m.method, backbone, m, config.loss)
 
 
+def run_optimizer(config: PretrainConfig, method: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser a run of ``config`` trains ``method`` with (``optim`` settings, ``train.batch_size``)."""
+    o = config.optim
+    return build_optimizer(
+        method,
+        method.no_weight_decay(),
+        o.optimizer,
+        config.train.batch_size,
+        o.lr_weights,
+        o.lr_biases,
+        o.weight_decay,
+        o.momentum,
+        o.lars_eta,
+        o.clip_lr,
+    )
+
+
 def train_step(trainer: nn.Module, optimizer, scaler, views, dtype: torch.dtype | None) -> dict[str, Any]:
     """One optimiser step on a batch of views; returns the method's terms (tensors, no host sync)."""
     autocast = torch.autocast(views[0].device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -162,7 +179,7 @@ def _checkpoint_due(step: int, total: int, steps_per_epoch: int, every: int) -> 
 
 
 def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
-    t, d, o = config.train, config.data, config.optim
+    t, d = config.train, config.data
     device = select_device(t.device)
     local_rank = distributed.init_from_environment(device.type)
     if device.type == "cuda" and distributed.is_distributed():
@@ -180,18 +197,7 @@ def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
         method = distributed.convert_sync_batchnorm(method, device.type)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(
-        method,
-        method.no_weight_decay(),
-        o.optimizer,
-        t.batch_size,
-        o.lr_weights,
-        o.lr_biases,
-        o.weight_decay,
-        o.momentum,
-        o.lars_eta,
-        o.clip_lr,
-    )
+    optimizer = run_optimizer(config, method)
     trainer = method
     if distributed.is_distributed():
         trainer = nn.parallel.DistributedDataParallel(
