@@ -7,6 +7,8 @@ to a Markdown table and a JSON file as they finish (a re-run skips finished rows
     python benchmarks/cpu_recipe_sweep.py --budgets 5m --out docs/cpu-recipe/sweep-5m-avx512   # the variants below
     python benchmarks/cpu_recipe_sweep.py --recipe cifar10-cpu --budgets 1m 5m 10m 20m --out docs/cpu-recipe/curve
     python benchmarks/cpu_recipe_sweep.py --variants steps --budgets 3ep --out docs/cpu-recipe/sweep-3ep-avx512
+    python benchmarks/cpu_recipe_sweep.py --variants recipe-steps --budgets 3ep --out docs/cpu-recipe/sweep-3ep-recipe
+    python benchmarks/cpu_recipe_sweep.py --variants recipe-minutes --budgets 5m --out docs/cpu-recipe/sweep-5m-recipe
 
 A budget ending in ``ep`` trains that many epochs instead (fixed steps: rows compare learning per step,
 whatever the machine's speed). Time budgets count training time only (decoding, the precision probe and
@@ -58,9 +60,10 @@ FIRST: dict[str, list[str]] = {
 }
 # 2026-11-29, AVX-512 machine (docs/cpu-recipe/sweep-5m-avx512): from that recipe (batch 128, projector 1024^3,
 # LARS lr 0.3), each row pinning the stem it compares, so the rows mean the same whatever the recipe now says.
-# The recipe as it was until the 3-epoch sweep below changed lambda and the crop scale, pinned, so these rows
-# re-run as they ran (the recipe itself now says lambda 0.01, crop 0.2-1).
-CPU = ["--recipe", "cifar10-cpu", "--set", "loss.lambd=0.0051", "--set", "augment.crop_scale=[0.08,1.0]"]
+# The recipe as it was until the 3-epoch sweeps below changed lambda, the crop scale and the trust coefficient,
+# pinned, so these rows re-run as they ran (the recipe itself now says lambda 0.01, crop 0.2-1, eta 0.01).
+CPU = ["--recipe", "cifar10-cpu", "--set", "optim.lars_eta=0.02"]
+CPU += ["--set", "loss.lambd=0.0051", "--set", "augment.crop_scale=[0.08,1.0]"]
 S2 = ["--small-stem", "--set", "model.stem_stride=2"]
 AVX512: dict[str, list[str]] = {
     "ImageNet stem (the recipe of 2026-11-23)": [*CPU, "--no-small-stem"],
@@ -95,7 +98,36 @@ STEPS: dict[str, list[str]] = {
     "lambda 0.01, seed 1": [*IMAGENET_STEM, "--set", "loss.lambd=0.01", "--set", "train.seed=1"],
     "lambda 0.01, crop 0.2-1": [*IMAGENET_STEM, "--set", "loss.lambd=0.01", "--set", "augment.crop_scale=[0.2,1.0]"],
 }
-VARIANTS = {"first": FIRST, "avx512": AVX512, "steps": STEPS}
+# 2026-11-30, the same machine (docs/cpu-recipe/sweep-3ep-recipe, sweep-5m-recipe): the recipe as it now is, against
+# the settings not yet swept on it. Those that keep the step's cost run fixed steps (``--budgets 3ep``); depth and
+# image size change what a step costs, so they are judged per CPU-minute (``--budgets 5m``, on an idle machine).
+# The fixed-step rows chose trust coefficient 0.01; they ran while the recipe had 0.02, which they pin.
+RECIPE = ["--recipe", "cifar10-cpu", "--precision", "bf16"]
+ETA_002 = [*RECIPE, "--set", "optim.lars_eta=0.02"]
+RECIPE_STEPS: dict[str, list[str]] = {
+    "the recipe": ETA_002,
+    "trust coefficient 0.01": [*ETA_002, "--set", "optim.lars_eta=0.01"],
+    "trust coefficient 0.05": [*ETA_002, "--set", "optim.lars_eta=0.05"],
+    "trust coefficient 0.005": [*ETA_002, "--set", "optim.lars_eta=0.005"],
+    "weight decay 1.5e-6 (official)": [*ETA_002, "--set", "optim.weight_decay=1.5e-6"],
+    "weight decay 5e-4": [*ETA_002, "--set", "optim.weight_decay=5e-4"],
+}
+RECIPE_MINUTES: dict[str, list[str]] = {
+    "the recipe": RECIPE,
+    "ResNet-34": [*RECIPE, "--arch", "resnet34"],
+    "timm ResNet-10-T": [*RECIPE, "--arch", "timm:resnet10t"],
+    "timm ResNet-18": [*RECIPE, "--arch", "timm:resnet18"],
+    "timm ResNet-18, half width": [*RECIPE, "--arch", "timm:resnet18,channels=[32,64,128,256],stem_width=32"],
+    "24 px views": [*RECIPE, "--image-size", "24"],
+    "48 px views": [*RECIPE, "--image-size", "48"],
+}
+VARIANTS = {
+    "first": FIRST,
+    "avx512": AVX512,
+    "steps": STEPS,
+    "recipe-steps": RECIPE_STEPS,
+    "recipe-minutes": RECIPE_MINUTES,
+}
 
 
 KNN_RESULT = Path("eval") / "knn.json"  # in a row's run directory: the row is finished when it exists
@@ -148,9 +180,14 @@ def run_variant(name: str, flags: list[str], budget: str, out: Path, floor: bool
     }
 
 
-def _stem(flags: list[str]) -> tuple:
-    """The flags that choose the backbone's stem (rows with the same stem share their random-init floor)."""
-    return tuple(f for f in flags if "stem" in f)
+def _backbone(flags: list[str]) -> tuple:
+    """The flags that choose the network at its initialisation and the size it sees (rows that agree on them share
+    their random-init floor): the stem, the architecture and the image size."""
+    chosen = [f for f in flags if "stem" in f]
+    for name in ("--arch", "--image-size"):
+        if name in flags:
+            chosen += flags[flags.index(name) : flags.index(name) + 2]
+    return tuple(chosen)
 
 
 def write_table(rows: list[dict], budgets: list[str], out: Path) -> None:
@@ -158,8 +195,8 @@ def write_table(rows: list[dict], budgets: list[str], out: Path) -> None:
         f"# CPU recipe runs: {', '.join(budgets)} of training per row, CIFAR-10 (JPEG), 2-core CPU",
         "",
         f"Made by `python benchmarks/cpu_recipe_sweep.py {' '.join(sys.argv[1:])}`. kNN: k=200 (and 20), T=0.1,",
-        "50k training images as the bank, 10k test images; floor: the same network at its initialisation",
-        "(measured in the first row of each stem; the rows of one stem start from the same initial ResNet-18, seed 0).",
+        "50k training images as the bank, 10k test images; floor: the same network at its initialisation (measured",
+        "in the first row of each stem, architecture and image size; those rows start from the same weights, seed 0).",
         "",
         "| variant | budget | steps | pairs/s | kNN k=200 | kNN k=20 | floor k=200 | precision | command |",
         "|---|---|---:|---:|---:|---:|---:|---|---|",
@@ -213,10 +250,15 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory for the table, the JSON and the run directories")
     parser.add_argument("--variants", choices=VARIANTS, default="avx512", help="which set of variants below")
     parser.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these words")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain override for every row"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {f"{args.recipe} recipe": ["--recipe", args.recipe]} if args.recipe else VARIANTS[args.variants]
+    pins = [flag for setting in args.set for flag in ("--set", setting)]  # e.g. a recipe's value before it changed
+    variants = {name: [*flags, *pins] for name, flags in variants.items()}
     saved = json.loads((out / "runs.json").read_text()) if (out / "runs.json").exists() else []
     done = {(r["name"], r["budget"]): r for r in saved if "error" not in r}
     rows = []
@@ -225,8 +267,8 @@ def main() -> None:
             selected = not args.only or any(word in name for word in args.only)
             row = done.get((name, budget))
             if row is None and (selected or (run_dir_of(name, budget, out) / KNN_RESULT).is_file()):
-                stems_done = {_stem(variants.get(r["name"], [])) for r in rows}
-                row = {**run_variant(name, flags, budget, out, floor=_stem(flags) not in stems_done), "budget": budget}
+                floors = {_backbone(variants.get(r["name"], [])) for r in rows}
+                row = {**run_variant(name, flags, budget, out, floor=_backbone(flags) not in floors), "budget": budget}
             if row is not None:  # the table keeps every finished row of the set, whichever ran this time
                 rows.append(row)
                 write_table(rows, args.budgets, out)

@@ -12,6 +12,7 @@ from barlowtwins import BarlowTwinsError
 from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.methods import METHODS
 from barlowtwins.models.backbones import build_backbone, custom_backbone, initial_backbone
+from barlowtwins.models.timm_backbones import parse_timm_arch
 from barlowtwins.optim import build_optimizer
 
 timm = pytest.importorskip("timm")
@@ -25,6 +26,18 @@ def test_timm_vit_for_small_images_returns_pooled_features():
     assert backbone.module.patch_embed.proj.kernel_size == (2, 2)
     assert backbone.module.eval()(torch.randn(3, 3, 8, 8)).shape == (3, 64)
     assert not any(name.startswith("head.") for name, _ in backbone.module.named_parameters())
+
+
+def test_timm_arch_values_in_brackets_are_lists():
+    """A narrower ResNet-18: timm's ``channels`` per stage, passed as a bracketed list inside --arch."""
+    assert parse_timm_arch("timm:resnet18,channels=[32,64,128,256],stem_width=32") == (
+        "resnet18",
+        {"channels": [32, 64, 128, 256], "stem_width": 32},
+    )
+    backbone = build_backbone("timm:resnet18,channels=[16,32,64,128],stem_width=16")
+    assert backbone.dim == 128 == backbone.module.num_features
+    assert backbone.module.layer1[0].conv1.out_channels == 16
+    assert backbone.module.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 128)
 
 
 def test_timm_exclusions_cover_biases_norms_position_embedding_and_class_token():

@@ -9,6 +9,7 @@ pooled features of width ``model.num_features``; its state_dict then loads back 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -18,14 +19,17 @@ from barlowtwins.models.backbones import TIMM_PREFIX, Backbone, excluded_paramet
 
 
 def parse_timm_arch(arch: str) -> tuple[str, dict[str, Any]]:
-    """``"timm:vit_tiny_patch16_224,patch_size=4,img_size=32"`` -> ``("vit_tiny_patch16_224", {...: 4, ...: 32})``."""
-    name, *pairs = arch.removeprefix(TIMM_PREFIX).split(",")
+    """``"timm:vit_tiny_patch16_224,patch_size=4,img_size=32"`` -> ``("vit_tiny_patch16_224", {...: 4, ...: 32})``.
+
+    A value in brackets is a list and keeps its commas: ``timm:resnet18,channels=[32,64,128,256]``.
+    """
+    name, *pairs = re.split(r",(?![^\[]*\])", arch.removeprefix(TIMM_PREFIX))
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise BarlowTwinsError(f"'{pair}' in --arch {arch} must be key=value, e.g. timm:NAME,patch_size=4")
-        kwargs[key.strip()] = yaml.safe_load(value)  # 4 -> int, 0.1 -> float, true -> bool
+        kwargs[key.strip()] = yaml.safe_load(value)  # 4 -> int, 0.1 -> float, true -> bool, [32, 64] -> list
     if not name:
         raise BarlowTwinsError(f"--arch {arch} names no timm model; e.g. timm:convnext_atto")
     return name.strip(), kwargs
