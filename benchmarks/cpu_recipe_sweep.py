@@ -251,14 +251,15 @@ def main() -> None:
     parser.add_argument("--variants", choices=VARIANTS, default="avx512", help="which set of variants below")
     parser.add_argument("--only", nargs="*", help="run only the variants whose name contains one of these words")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain override for every row"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain default for every row"
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {f"{args.recipe} recipe": ["--recipe", args.recipe]} if args.recipe else VARIANTS[args.variants]
-    pins = [flag for setting in args.set for flag in ("--set", setting)]  # e.g. a recipe's value before it changed
-    variants = {name: [*flags, *pins] for name, flags in variants.items()}
+    # e.g. a recipe's value before it changed; first, so that a row's own --set of the same key still wins
+    pins = [flag for setting in args.set for flag in ("--set", setting)]
+    variants = {name: [*pins, *flags] for name, flags in variants.items()}
     saved = json.loads((out / "runs.json").read_text()) if (out / "runs.json").exists() else []
     done = {(r["name"], r["budget"]): r for r in saved if "error" not in r}
     rows = []
