@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from barlowtwins.ablations import studies
-from barlowtwins.ablations.report import verdict
-from barlowtwins.ablations.runner import StudyData, check_same_settings, commands, plan
+from barlowtwins.ablations.report import _markdown, collect, verdict
+from barlowtwins.ablations.runner import Run, StudyData, check_same_settings, commands, plan
 from barlowtwins.cli import main
 from barlowtwins.config import AblateConfig
 from barlowtwins.errors import BarlowTwinsError
@@ -55,6 +55,38 @@ def test_a_run_whose_loss_became_non_finite_counts_as_diverged(tmp_path):
     assert _diverged(log)
     log.write_text("$ barlowtwins pretrain ...\nbarlowtwins: error: cannot read shard x.tar (truncated)\n")
     assert not _diverged(log)
+
+
+def test_a_grid_keeps_its_best_point_and_the_report_shows_every_point(tmp_path):
+    spec = studies.batch_size((64, 256), (0.1, 0.3, 1.0))
+    linear = {"barlow_twins-b64": (30.0, 40.0, 35.0), "barlow_twins-b256": (20.0, 25.0, 38.0)}
+    linear["simclr-b64"] = (None, None, None)  # every run failed: empty cells, no edge
+    spec["variants"] = {name: spec["variants"][name] for name in linear}
+    runs = []
+    for variant, values in linear.items():
+        for lr, value in zip(("lr0.1", "lr0.3", "lr1"), values, strict=True):
+            path = tmp_path / f"{variant}__{lr}" / "seed0"
+            runs.append(Run(variant, lr, 0, path, ()))
+            if value is None:
+                continue
+            (path / "eval").mkdir(parents=True)
+            pretrained = {"pretrained": {"top1": value}}
+            (path / "eval" / "linear-fast.json").write_text(json.dumps({"results": pretrained}))
+            knn = {"pretrained": {"top1": {"200": value - 5}}}
+            (path / "eval" / "knn.json").write_text(json.dumps({"results": knn}))
+    rows = {r["variant"]: r for r in collect(spec, runs, {})}
+    b64, b256 = rows["barlow_twins-b64"], rows["barlow_twins-b256"]
+    assert (b64["point"], b64["ours"]["linear"]["mean"], b64["best_at_edge"]) == ("lr0.3", 40.0, False)
+    assert (b256["point"], b256["ours"]["knn"]["mean"], b256["best_at_edge"]) == ("lr1", 33.0, True)
+    assert [b256["grid"][p]["linear"]["mean"] for p in ("lr0.1", "lr0.3", "lr1")] == [20.0, 25.0, 38.0]
+    assert rows["simclr-b64"]["grid"]["lr0.3"]["linear"]["mean"] is None
+    assert not rows["simclr-b64"]["best_at_edge"]
+    report = {"title": "t", "command": "c", "our_metrics": "m", "paper_metric": "p", "rows": list(rows.values())}
+    report["random_init_floor"] = {"linear": 10.0, "knn": 9.0}
+    text = _markdown(report, AblateConfig(seeds=1))
+    assert "| barlow_twins-b64 | 30.0 (25.0) | **40.0 (35.0)** | 35.0 (30.0) |" in text
+    assert "| simclr-b64 | — | — | — |" in text
+    assert text.endswith("widen the grid): barlow_twins-b256\n\n![ours against the paper](report.png)\n")
 
 
 @pytest.mark.parametrize("name", studies.STUDY_NAMES)

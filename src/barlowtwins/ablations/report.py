@@ -84,12 +84,16 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
         diverged = bool(mine) and all(status.get(path) == "diverged" for path in mine)
         ours = {m: _summary(points[best][m]) for m in METRICS}
         fields = ("paper", "source", "expect", "claim", "group")
+        grid = {p: {m: _summary(points[p][m]) for m in METRICS} for p in points if p}
+        edges = [*grid][:1] + [*grid][-1:] if len(grid) > 1 else []
         rows.append(
             {
                 "variant": variant,
                 "point": best,
                 **{k: row.get(k) for k in fields},
                 "ours": ours,
+                "grid": grid,
+                "best_at_edge": best in edges and ours["linear"]["mean"] is not None,
                 "failed": failed,
                 "diverged": diverged,
             }
@@ -166,11 +170,33 @@ def _markdown(report: dict[str, Any], settings: AblateConfig) -> str:
             f"| {name} | {paper} | {linear} | {knn} | "
             f"{r['reference'] or '—'} | {r['claim']} | {r['verdict']}: {r['why']} |"
         )
+    lines += _grid_table(report["rows"])
     failed = [path for r in report["rows"] for path in r["failed"]]
     if failed:
         lines += ["", "Failed runs (see logs/): " + ", ".join(failed)]
     lines += ["", "![ours against the paper](report.png)", ""]
     return "\n".join(lines)
+
+
+def _grid_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every grid point's linear (kNN) top-1, the kept one in bold: shows how flat the grid is and whether its
+    best sits at an edge, where the optimum may lie outside the grid."""
+    points = list(dict.fromkeys(p for r in rows for p in r["grid"]))
+    if len(points) < 2:  # no grid, or one point: the main table says it all
+        return []
+    lines = ["", "Every grid point (linear top-1, kNN in brackets; mean over seeds; bold: the point kept above):", ""]
+    lines += ["| row | " + " | ".join(points) + " |", "|---|" + "---:|" * len(points)]
+    for r in rows:
+        cells = []
+        for p in points:
+            linear, knn = (r["grid"].get(p, {}).get(m, {}).get("mean") for m in METRICS)
+            cell = "—" if linear is None else f"{linear:.1f} ({'—' if knn is None else f'{knn:.1f}'})"
+            cells.append(f"**{cell}**" if p == r["point"] and linear is not None else cell)
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    edge = [r["variant"] for r in rows if r["best_at_edge"]]
+    if edge:
+        lines += ["", "Best at an edge of the grid (the optimum may lie beyond it; widen the grid): " + ", ".join(edge)]
+    return lines
 
 
 def _plot(rows: list[dict[str, Any]], floor: dict[str, float | None], title: str, path: Path) -> None:
