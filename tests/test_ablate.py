@@ -57,7 +57,7 @@ def test_a_run_whose_loss_became_non_finite_counts_as_diverged(tmp_path):
     assert not _diverged(log)
 
 
-def test_a_grid_keeps_its_best_point_and_the_report_shows_every_point(tmp_path):
+def test_report_keeps_the_best_grid_point_shows_every_point_and_names_diverged_runs(tmp_path):
     spec = studies.batch_size((64, 256), (0.1, 0.3, 1.0))
     linear = {"barlow_twins-b64": (30.0, 40.0, 35.0), "barlow_twins-b256": (20.0, 25.0, 38.0)}
     linear["simclr-b64"] = (None, None, None)  # every run failed: empty cells, no edge
@@ -74,19 +74,23 @@ def test_a_grid_keeps_its_best_point_and_the_report_shows_every_point(tmp_path):
             (path / "eval" / "linear-fast.json").write_text(json.dumps({"results": pretrained}))
             knn = {"pretrained": {"top1": {"200": value - 5}}}
             (path / "eval" / "knn.json").write_text(json.dumps({"results": knn}))
-    rows = {r["variant"]: r for r in collect(spec, runs, {})}
+    status = {str(r.path): "diverged" for r in runs if r.variant == "simclr-b64"}
+    status[str(tmp_path / "barlow_twins-b256__lr0.1" / "seed0")] = "diverged"
+    rows = {r["variant"]: r for r in collect(spec, runs, status)}
     b64, b256 = rows["barlow_twins-b64"], rows["barlow_twins-b256"]
     assert (b64["point"], b64["ours"]["linear"]["mean"], b64["best_at_edge"]) == ("lr0.3", 40.0, False)
     assert (b256["point"], b256["ours"]["knn"]["mean"], b256["best_at_edge"]) == ("lr1", 33.0, True)
     assert [b256["grid"][p]["linear"]["mean"] for p in ("lr0.1", "lr0.3", "lr1")] == [20.0, 25.0, 38.0]
     assert rows["simclr-b64"]["grid"]["lr0.3"]["linear"]["mean"] is None
-    assert not rows["simclr-b64"]["best_at_edge"]
+    assert not rows["simclr-b64"]["best_at_edge"] and rows["simclr-b64"]["diverged"]
+    assert not b256["diverged"] and b256["why"].endswith("; 1 of 3 runs diverged, left out")
     report = {"title": "t", "command": "c", "our_metrics": "m", "paper_metric": "p", "rows": list(rows.values())}
     report["random_init_floor"] = {"linear": 10.0, "knn": 9.0}
     text = _markdown(report, AblateConfig(seeds=1))
     assert "| barlow_twins-b64 | 30.0 (25.0) | **40.0 (35.0)** | 35.0 (30.0) |" in text
     assert "| simclr-b64 | — | — | — |" in text
-    assert text.endswith("widen the grid): barlow_twins-b256\n\n![ours against the paper](report.png)\n")
+    assert "widen the grid): barlow_twins-b256\n\nDiverged (non-finite loss; left out of their row's mean" in text
+    assert "see logs/): " + str(tmp_path / "barlow_twins-b256__lr0.1" / "seed0") + "\n\n![ours" in text
 
 
 @pytest.mark.parametrize("name", studies.STUDY_NAMES)

@@ -81,7 +81,8 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
         best = max(points, key=lambda p: _summary(points[p]["linear"])["mean"] or -1.0)
         mine = [str(r.path) for r in runs if r.variant == variant]
         failed = [path for path in mine if status.get(path) == "failed"]
-        diverged = bool(mine) and all(status.get(path) == "diverged" for path in mine)
+        diverged_runs = [path for path in mine if status.get(path) == "diverged"]
+        diverged = bool(mine) and len(diverged_runs) == len(mine)
         ours = {m: _summary(points[best][m]) for m in METRICS}
         fields = ("paper", "source", "expect", "claim", "group")
         grid = {p: {m: _summary(points[p][m]) for m in METRICS} for p in points if p}
@@ -95,6 +96,7 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
                 "grid": grid,
                 "best_at_edge": best in edges and ours["linear"]["mean"] is not None,
                 "failed": failed,
+                "diverged_runs": diverged_runs,
                 "diverged": diverged,
             }
         )
@@ -104,6 +106,9 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
         row["verdict"], row["why"] = verdict(
             row["expect"], row["ours"]["linear"], reference and reference["ours"]["linear"], row["diverged"]
         )
+        if row["diverged_runs"] and not row["diverged"]:
+            total = sum(r.variant == row["variant"] for r in runs)
+            row["why"] += f"; {len(row['diverged_runs'])} of {total} runs diverged, left out"
     return rows
 
 
@@ -174,6 +179,9 @@ def _markdown(report: dict[str, Any], settings: AblateConfig) -> str:
     failed = [path for r in report["rows"] for path in r["failed"]]
     if failed:
         lines += ["", "Failed runs (see logs/): " + ", ".join(failed)]
+    some = [path for r in report["rows"] if not r["diverged"] for path in r["diverged_runs"]]
+    if some:
+        lines += ["", "Diverged (non-finite loss; left out of their row's mean and std, see logs/): " + ", ".join(some)]
     lines += ["", "![ours against the paper](report.png)", ""]
     return "\n".join(lines)
 
