@@ -16,6 +16,7 @@ from barlowtwins.ablations.runner import Run, StudyData, check_same_settings, co
 from barlowtwins.cli import main
 from barlowtwins.config import AblateConfig
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.methods import refuse_unread
 from barlowtwins.recipes import make_config, parse_override
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -99,7 +100,8 @@ def test_every_variant_makes_a_valid_config(name):
     runs = plan(spec, AblateConfig(seeds=2, out="x"), StudyData(("digits",), ("digits:test",)))
     assert len(runs) == 2 * sum(len(v.get("grid") or {"": 0}) for v in spec["variants"].values())
     for run in runs[::2]:
-        make_config("cifar10-cpu", [parse_override(o) for o in run.overrides])  # raises on a bad override
+        config = make_config("cifar10-cpu", [parse_override(o) for o in run.overrides])  # raises on a bad override
+        refuse_unread(config.model.method, config.model, config.loss)  # e.g. the recipe's lambda under SimCLR
 
 
 def test_study_contents_follow_the_paper():

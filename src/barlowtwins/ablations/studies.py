@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from barlowtwins.config import LossConfig
+
 PAPER_METRIC = "ImageNet linear top-1 (%), ResNet-50, 300 epochs (paper §4)"
 # Barlow Twins at 300 epochs per batch size: the authors' numbers in the official repository's issue #7
 # (shared/reference/anchors.md); the paper's Fig. 2 plots them as differences from the best (71.7 at 1024).
@@ -97,7 +99,10 @@ def batch_size(batch_sizes: tuple[int, ...], lrs: tuple[float, ...]) -> dict[str
                 paper, source = (PAPER_BEST_AT_4096[method] if b == 4096 else None), "Fig. 2 caption"
             expect = None if method == "simclr" and b == max(batch_sizes) else expects[method]
             claim = "robust to small batches" if method != "simclr" else "drops at small batches"
-            row = _row([f"model.method={method}", f"train.batch_size={b}"], paper, expect, claim, source)
+            overrides = [f"model.method={method}", f"train.batch_size={b}"]
+            if method != "barlow_twins":  # a recipe's Barlow Twins lambda would be refused, not ignored
+                overrides.append(f"loss.lambd={LossConfig.lambd}")
+            row = _row(overrides, paper, expect, claim, source)
             row["group"] = method
             row["grid"] = {f"lr{lr:g}": [f"optim.lr_weights={lr}"] for lr in lrs}
             variants[f"{method}-b{b}"] = row

@@ -31,6 +31,12 @@ READ_BY = {
 
 def build_method(name: str, backbone, model: ModelConfig, loss: LossConfig):
     """The method ``name`` on ``backbone``; refuses settings the method would not read."""
+    refuse_unread(name, model, loss)
+    return METHODS[name](backbone, model, loss)
+
+
+def refuse_unread(name: str, model: ModelConfig, loss: LossConfig) -> None:
+    """Raise if ``name`` is not a method, or a setting differs from its default that ``name`` would not read."""
     if name not in METHODS:
         raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{name}')")
     sections = {"model": (model, ModelConfig()), "loss": (loss, LossConfig())}
@@ -42,4 +48,3 @@ def build_method(name: str, backbone, model: ModelConfig, loss: LossConfig):
                 f"{key}={value!r} has no effect with --method {name} (read by {', '.join(readers)}); "
                 f"remove it or set it to {default!r}"
             )
-    return METHODS[name](backbone, model, loss)
