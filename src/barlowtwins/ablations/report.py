@@ -78,26 +78,25 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
                 value = _read(run.path, metric, "pretrained")
                 if value is not None:
                     values[metric].append(value)
-        best = max(points, key=lambda p: _summary(points[p]["linear"])["mean"] or -1.0)
+        summaries = {p: {m: _summary(values[m]) for m in METRICS} for p, values in points.items()}
+        best = max(summaries, key=lambda p: summaries[p]["linear"]["mean"] or -1.0)
         mine = [str(r.path) for r in runs if r.variant == variant]
-        failed = [path for path in mine if status.get(path) == "failed"]
         diverged_runs = [path for path in mine if status.get(path) == "diverged"]
-        diverged = bool(mine) and len(diverged_runs) == len(mine)
-        ours = {m: _summary(points[best][m]) for m in METRICS}
-        fields = ("paper", "source", "expect", "claim", "group")
-        grid = {p: {m: _summary(points[p][m]) for m in METRICS} for p in points if p}
+        grid = {p: summary for p, summary in summaries.items() if p}
         edges = [*grid][:1] + [*grid][-1:] if len(grid) > 1 else []
+        fields = ("paper", "source", "expect", "claim", "group")
         rows.append(
             {
                 "variant": variant,
                 "point": best,
                 **{k: row.get(k) for k in fields},
-                "ours": ours,
+                "ours": summaries[best],
                 "grid": grid,
-                "best_at_edge": best in edges and ours["linear"]["mean"] is not None,
-                "failed": failed,
+                "best_at_edge": best in edges and summaries[best]["linear"]["mean"] is not None,
+                "failed": [path for path in mine if status.get(path) == "failed"],
+                "runs": len(mine),
                 "diverged_runs": diverged_runs,
-                "diverged": diverged,
+                "diverged": bool(mine) and len(diverged_runs) == len(mine),
             }
         )
     for row, spec_row in zip(rows, spec["variants"].values(), strict=True):
@@ -107,8 +106,7 @@ def collect(spec: dict[str, Any], runs: list, status: dict[str, str]) -> list[di
             row["expect"], row["ours"]["linear"], reference and reference["ours"]["linear"], row["diverged"]
         )
         if row["diverged_runs"] and not row["diverged"]:
-            total = sum(r.variant == row["variant"] for r in runs)
-            row["why"] += f"; {len(row['diverged_runs'])} of {total} runs diverged, left out"
+            row["why"] += f"; {len(row['diverged_runs'])} of {row['runs']} runs diverged, left out"
     return rows
 
 
