@@ -9,6 +9,7 @@ import pytest
 import torch
 
 CIFAR_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+RACCOON_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon"
 
 
 @pytest.fixture(autouse=True)
@@ -17,12 +18,23 @@ def _deterministic_torch():
     yield
 
 
-@pytest.fixture
-def cifar_dir() -> Path:
-    """CIFAR-10 shard directory. Missing: skip on a user's clone, fail when BARLOWTWINS_REQUIRE_SHARED=1 (CI)."""
-    if not (CIFAR_DIR / "cifar10-train-000000.tar").is_file():
-        message = f"CIFAR-10 shards not found at {CIFAR_DIR} (they live in the project's shared/ folder)"
+def _shared(path: Path, what: str) -> Path:
+    """``path`` if present. Missing: skip on a user's clone, fail when BARLOWTWINS_REQUIRE_SHARED=1 (CI)."""
+    if not path.exists():
+        message = f"{what} not found at {path.parent} (it lives in the project's shared/ folder)"
         if os.environ.get("BARLOWTWINS_REQUIRE_SHARED") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return CIFAR_DIR
+    return path.parent
+
+
+@pytest.fixture
+def cifar_dir() -> Path:
+    """CIFAR-10 shard directory (../shared/data/cifar10)."""
+    return _shared(CIFAR_DIR / "cifar10-train-000000.tar", "the CIFAR-10 shards")
+
+
+@pytest.fixture
+def raccoon_dir() -> Path:
+    """The raccoon photos in VOC layout (../shared/data/raccoon): 200 real full-size JPEGs with boxes."""
+    return _shared(RACCOON_DIR / "JPEGImages", "the raccoon photos")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from torch import nn
 
 from barlowtwins.ablations import studies
 from barlowtwins.ablations.report import _markdown, collect, verdict
@@ -17,9 +18,11 @@ from barlowtwins.cli import main
 from barlowtwins.config import AblateConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.methods import refuse_unread
+from barlowtwins.models.heads import build_projector
 from barlowtwins.recipes import make_config, parse_override
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+RECIPE_WIDTH = 1024  # cifar10-cpu.yaml: projector 1024-1024-1024
 
 
 def _summary(mean, std=0.0):
@@ -102,6 +105,9 @@ def test_every_variant_makes_a_valid_config(name):
     for run in runs[::2]:
         config = make_config("cifar10-cpu", [parse_override(o) for o in run.overrides])  # raises on a bad override
         refuse_unread(config.model.method, config.model, config.loss)  # e.g. the recipe's lambda under SimCLR
+        if name == "projector-depth":  # only the depth changes: every linear layer at the recipe's width
+            layers = [m for m in build_projector(512, config.model.projector) if isinstance(m, nn.Linear)]
+            assert [m.out_features for m in layers] == [RECIPE_WIDTH] * int(run.variant.removeprefix("depth-"))
 
 
 def test_study_contents_follow_the_paper():
@@ -117,6 +123,14 @@ def test_study_contents_follow_the_paper():
     assert "loss.formulation=gram" in widths["set"] and widths["reference"] == "width-128"
     crop_only = studies.augmentations()["variants"]["crop_only"]["set"]
     assert {"augment.flip_p=0", "augment.jitter_p=0", "augment.solarize_p=[0,0]"} <= set(crop_only)
+    depth = studies.projector_depth()["variants"]  # "more layers ... saturation of the performance for 3 layers"
+    assert list(depth) == ["depth-1", "depth-2", "depth-3", "depth-4"]
+    assert [(r["expect"], r["reference"]) for r in depth.values()] == [
+        (None, None),
+        ("higher", "depth-1"),
+        ("higher", "depth-2"),
+        ("similar", "depth-3"),
+    ]
     bs = studies.batch_size((256,), (0.1, 0.3))["variants"]
     assert set(bs) == {"barlow_twins-b256", "simclr-b256", "byol-b256"} and bs["barlow_twins-b256"]["paper"] == 70.7
 

@@ -99,10 +99,11 @@ def test_disk_cache_is_built_once_then_memory_mapped_without_decoding(tmp_path):
     first = decode_all(counted(), count=6, size=8, cache_dir=tmp_path, key="toy", progress=None)
     assert len(consumed) == 6
     entry = tmp_path / "toy"
-    assert sorted(p.name for p in entry.iterdir()) == ["ids.json", "images.u8", "labels.npy", "meta.json"]
+    assert sorted(p.name for p in entry.iterdir()) == ["ids.json", "images.u8", "index.npy", "labels.npy", "meta.json"]
     assert (entry / "images.u8").stat().st_size == stored_bytes(6, 8) == 6 * 8 * 8 * 3
     meta = json.loads((entry / "meta.json").read_text())
-    assert (meta["count"], meta["size"], meta["shape"], meta["key"]) == (6, 8, [6, 8, 8, 3], "toy")
+    assert (meta["count"], meta["size"], meta["square"], meta["key"]) == (6, 8, True, "toy")
+    assert meta["bytes"] == 6 * 8 * 8 * 3
     in_memory = decode_all(iter(samples), count=6, size=8, progress=None)
     np.testing.assert_array_equal(first.images, in_memory.images)
 
@@ -258,3 +259,25 @@ def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "xdg" / "barlowtwins"
     monkeypatch.setenv("BARLOWTWINS_CACHE", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_whole_images_of_several_shapes_are_stored_with_their_original_sizes_and_reopened(tmp_path):
+    """The ``full`` store: each image whole at its aspect ratio, shorter side capped (longer side at 3x that;
+    never enlarged), its original size kept; on disk, reopened memory-mapped without decoding, row for row."""
+    sizes = [(30, 20), (12, 40), (16, 16), (50, 9)]
+    samples = toy_samples(8, sizes=sizes)
+    in_memory = decode_all(iter(samples), count=8, size=16, progress=None, square=False)
+    on_disk = decode_all(iter(samples), count=8, size=16, cache_dir=tmp_path, key="whole", progress=None, square=False)
+    again = decode_all(never_read(), count=8, size=16, cache_dir=tmp_path, key="whole", progress=None, square=False)
+    assert isinstance(again.pixels, np.memmap) and in_memory.shape is None and in_memory.resized
+    for i, (image, _, _) in enumerate(samples):
+        width, height = image.size
+        scale = min(1.0, 16 / min(width, height), 3 * 16 / max(width, height))  # 50 x 9: the longer side capped
+        expected = np.asarray(image.resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC))
+        for store in (in_memory, on_disk, again):
+            np.testing.assert_array_equal(store.image(i), expected)
+            assert store.original_size(i) == (height, width)
+    with pytest.raises(ValueError, match="differ in shape"):
+        in_memory.batch([0, 1])
+    with pytest.raises(BarlowTwinsError, match="not 8 at 32"):  # the same key for another size is refused
+        decode_all(never_read(), count=8, size=32, cache_dir=tmp_path, key="whole", progress=None, square=False)

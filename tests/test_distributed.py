@@ -3,9 +3,10 @@
 The loss of the global batch (paper eq. 1-2, z standardised with global statistics as the official code),
 every parameter's gradient after backward through DistributedDataParallel, the batch-norm running
 statistics and the parameters after one LARS step are compared with a single process given the same
-2 x B samples, for both loss formulations. A control with the plain (non-autograd) all-reduce of the
-official code shows the comparison is sharp enough to see its 1/world_size gradient error. Last, a
-2-process ``torchrun ... pretrain`` run checkpoints, and resumes with 2 and with 1 process.
+2 x B samples, for both loss formulations, of eq. 1 and of §5.2's auto-correlation objective. A control with
+the plain (non-autograd) all-reduce of the official code shows the comparison is sharp enough to see its
+1/world_size gradient error. Last, a 2-process ``torchrun ... pretrain`` run checkpoints, and resumes with 2
+and with 1 process.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ PER_RANK = 6  # samples per process; the global batch is 12
 IMAGE = 8  # 8 x 8 inputs keep the small-stem ResNet-18 fast
 PROJECTOR = "32-32-64"  # D = 64 > 2N = 24 (auto would pick gram); both forms are run explicitly
 FORMULATIONS = ("cross", "gram")
+# (result key, formulation, objective): both formulations of eq. 1, then of §5.2's auto-correlation objective
+CASES = tuple((f, f, "barlow_twins") for f in FORMULATIONS) + tuple(
+    (f"auto_correlation-{f}", f, "auto_correlation") for f in FORMULATIONS
+)
 # Relative tolerance of the issue. Errors are measured per tensor as ||a - b|| / ||b||: element-wise
 # ratios are meaningless for entries that are near zero by chance. The comparison runs in fp64: in fp32
 # the different summation order of 1 and 2 processes alone leaves ~1e-5 through 20 BN layers, which
@@ -55,7 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model(formulation: str = "auto", scale: float = 1.0) -> nn.Module:
+def _model(formulation: str = "auto", scale: float = 1.0, objective: str = LossConfig.objective) -> nn.Module:
     """The Barlow Twins method (networks and loss) as the loop builds it, every batch-norm weight and bias randomised.
 
     ``zero_init_residual`` zeroes the last BN weight of each residual block, which would make the
@@ -66,7 +71,7 @@ def _model(formulation: str = "auto", scale: float = 1.0) -> nn.Module:
     model = METHODS["barlow_twins"](
         build_backbone("resnet18", small_stem=True),
         ModelConfig(projector=PROJECTOR),
-        LossConfig(formulation=formulation, scale=scale),
+        LossConfig(formulation=formulation, objective=objective, scale=scale),
     ).double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -172,10 +177,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         y_a, y_b = _global_batch()
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         results = {}
-        for formulation in FORMULATIONS:
-            model = distributed.convert_sync_batchnorm(_model(formulation), "cpu")
+        for key, formulation, objective in CASES:
+            model = distributed.convert_sync_batchnorm(_model(formulation, objective=objective), "cpu")
             trainer = nn.parallel.DistributedDataParallel(model)
-            results[formulation] = _train_step(model, trainer, y_a[mine], y_b[mine])
+            results[key] = _train_step(model, trainer, y_a[mine], y_b[mine])
         # Ours with loss.scale = 1 / W against a literal transcription of the official loss (README, distributed).
         model = distributed.convert_sync_batchnorm(_model("cross", scale=1 / WORLD), "cpu")
         results["scaled"] = _train_step(model, nn.parallel.DistributedDataParallel(model), y_a[mine], y_b[mine])
@@ -208,9 +213,9 @@ def one_process_results() -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # fp64 convolutions slow down ~10x when threads compete for 2 busy cores
     try:
-        for formulation in FORMULATIONS:
-            model = _model(formulation)
-            results[formulation] = _train_step(model, model, y_a, y_b)
+        for key, formulation, objective in CASES:
+            model = _model(formulation, objective=objective)
+            results[key] = _train_step(model, model, y_a, y_b)
     finally:
         torch.set_num_threads(threads)
     return results
@@ -220,23 +225,23 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS)
-def test_loss_is_that_of_the_global_batch(formulation, two_process_results, one_process_results):
-    expected = one_process_results[formulation]["loss"]
+@pytest.mark.parametrize("case", [key for key, _, _ in CASES])
+def test_loss_is_that_of_the_global_batch(case, two_process_results, one_process_results):
+    expected = one_process_results[case]["loss"]
     for rank_results in two_process_results:
-        assert _relative_error(rank_results[formulation]["loss"], expected) < RTOL
+        assert _relative_error(rank_results[case]["loss"], expected) < RTOL
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("case", [key for key, _, _ in CASES])
 @pytest.mark.parametrize("quantity", ["grads", "updates", "buffers"])
-def test_every_tensor_equals_single_process(formulation, quantity, two_process_results, one_process_results):
+def test_every_tensor_equals_single_process(case, quantity, two_process_results, one_process_results):
     """Gradients after backward, parameter updates of one LARS step, BN running statistics."""
-    expected = one_process_results[formulation][quantity]
+    expected = one_process_results[case][quantity]
     reference = _model()
     names = dict(reference.named_buffers()) if quantity == "buffers" else dict(reference.named_parameters())
     assert set(expected) == {name for name, t in names.items() if t.is_floating_point()}  # all of them
     for rank_results in two_process_results:
-        actual = rank_results[formulation][quantity]
+        actual = rank_results[case][quantity]
         assert actual.keys() == expected.keys()
         errors = {name: _relative_error(actual[name], expected[name]) for name in expected}
         assert all(expected[name].norm() > 0 for name in expected)  # no vacuous comparison

@@ -17,8 +17,9 @@ from sklearn.model_selection import train_test_split
 from barlowtwins.cli import main
 from barlowtwins.config import LinearConfig
 from barlowtwins.data import digits, in_memory
-from barlowtwins.evaluate.linear import topk_accuracy, train_augmented, train_on_features
+from barlowtwins.evaluate.linear import resolve_mode, topk_accuracy, train_augmented, train_on_features
 from barlowtwins.models.backbones import build_backbone
+from barlowtwins.recipes import make_config
 
 
 @pytest.fixture(autouse=True)
@@ -167,6 +168,27 @@ def test_cli_linear_writes_a_report_with_the_floor_and_the_baseline(tmp_path):
     assert report["results"]["random_init"]["history"] != report["results"]["pretrained"]["history"]
     assert len(report["results"]["pretrained"]["history"]) == 3
     assert "torch" in report["meta"] and out.with_suffix(".log").read_text().count("top-1") >= 3
+
+
+def test_auto_mode_is_the_papers_protocol_at_imagenet_scale(tmp_path):
+    """``auto`` (the default) is B.1 as written for what the imagenet recipe trains and for a plain ResNet
+    state_dict such as the official resnet50.pth (224 px), the fast approximation for small-image recipes."""
+    recipes = {"imagenet": "augmented", "cifar10": "fast", "cifar10-cpu": "fast", "demo": "fast"}
+    assert {r: resolve_mode("auto", make_config(r, []).augment.image_size) for r in recipes} == recipes
+    assert (resolve_mode("fast", 224), resolve_mode("augmented", 8)) == ("fast", "augmented")  # asked: kept
+    weights = tmp_path / "resnet18.pth"  # torchvision stem, no sidecar: evaluated at 224 px
+    _save_backbone(weights, "resnet18", False, seed=0)
+    args = ["linear", "--checkpoint", str(weights), "--arch", "resnet18", "--train-data", "digits"]
+    args += ["--test-data", "digits:test", "--workers", "0", "--limit", "16", "--batch-size", "8", "--epochs", "1"]
+    assert main([*args, "--no-random-init"]) == 0
+    report = json.loads((tmp_path / "resnet18-linear-augmented.json").read_text())
+    assert (report["mode"], report["mode_requested"], report["hyperparameters"]["mode"]) == (
+        "augmented",
+        "auto",
+        "augmented",
+    )
+    assert report["hyperparameters"]["image_size"] == 224 and "B.1 protocol" in report["mode_description"]
+    assert "train_top1" in report["results"]["pretrained"]["history"][0]  # logged by the augmented loop only
 
 
 def test_cli_names_the_keys_of_a_state_dict_that_does_not_fit(tmp_path, capsys):

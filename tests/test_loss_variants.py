@@ -1,4 +1,5 @@
-"""Table 5's objectives (paper §4) against literal float64 transcriptions of the text, values and gradients."""
+"""Table 5's objectives (paper §4) and §5.2's auto-correlation alternative against literal float64
+transcriptions of the text, values and gradients."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _reference(z_a, z_b, objective):
         off = [torch.exp(torch.clamp(c[i][j], min=0) / TAU) for i in range(d) for j in range(d) if i != j]
         return on + LAMBD * torch.log(sum(off))
     invariance = sum((1 - c[i][i]) ** 2 for i in range(d))
+    if objective == "auto_correlation":  # §5.2 / appendix A: off-diagonal of one network's auto-correlation
+        c = [[sum(za[b][i] * za[b][j] for b in range(n)) / n for j in range(d)] for i in range(d)]
     redundancy = LAMBD * sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j)
     return {"invariance_only": invariance, "redundancy_only": redundancy}.get(objective, invariance + redundancy)
 
@@ -79,6 +82,37 @@ def test_variants_differ_from_the_baseline():
     values = {o: barlow_twins_terms(z_a, z_b, LAMBD, "cross", EPS, o, TAU).loss.item() for o in OBJECTIVES}
     assert len({round(v, 9) for v in values.values()}) == len(OBJECTIVES)
     assert math.isclose(values["barlow_twins"], values["invariance_only"] + values["redundancy_only"])
+
+
+@pytest.mark.parametrize("formulation", ["cross", "gram"])
+def test_auto_correlation_is_the_paper_formula(formulation):
+    """§5.2: invariance on the cross-correlation C, redundancy on branch A's auto-correlation A (eq. 4's form,
+    Pearson correlations of the mean-centred columns: eps 0) -- so branch B enters only the invariance term,
+    and with identical branches the loss is eq. 1's."""
+    z_a, z_b = _inputs(3, n=9, d=6)
+    za = [[v - sum(col) / len(col) for v in col] for col in z_a.detach().T.tolist()]  # centred columns
+    zb = [[v - sum(col) / len(col) for v in col] for col in z_b.detach().T.tolist()]
+
+    def corr(x, y):
+        return sum(p * q for p, q in zip(x, y, strict=True)) / (sum(p * p for p in x) * sum(q * q for q in y)) ** 0.5
+
+    d = len(za)
+    invariance = sum((1 - corr(za[i], zb[i])) ** 2 for i in range(d))
+    redundancy = LAMBD * sum(corr(za[i], za[j]) ** 2 for i in range(d) for j in range(d) if i != j)
+    terms = barlow_twins_terms(z_a, z_b, LAMBD, formulation, 0.0, "auto_correlation")
+    assert torch.allclose(terms.invariance, torch.tensor(invariance, dtype=torch.float64), rtol=1e-10)
+    assert torch.allclose(terms.redundancy, torch.tensor(redundancy, dtype=torch.float64), rtol=1e-10)
+    assert torch.allclose(terms.loss, terms.invariance + terms.redundancy)
+    (grad_b,) = torch.autograd.grad(terms.redundancy, z_b, allow_unused=True, materialize_grads=True)
+    assert torch.count_nonzero(grad_b) == 0
+    same = barlow_twins_terms(z_a, z_a, LAMBD, formulation, EPS, "auto_correlation").loss
+    torch.testing.assert_close(same, barlow_twins_terms(z_a, z_a, LAMBD, formulation, EPS).loss)
+
+
+def test_auto_correlation_picks_gram_when_wide():
+    z_a, z_b = _inputs(4, n=4, d=64)
+    assert barlow_twins_terms(z_a, z_b, formulation="auto", objective="auto_correlation").formulation == "gram"
+    assert make_config(None, [override("loss.objective", "auto_correlation")]).loss.objective == "auto_correlation"
 
 
 def test_cross_entropy_needs_cross_and_auto_picks_it():

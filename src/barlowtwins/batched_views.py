@@ -19,7 +19,6 @@ Differences from the PIL path, all in pixel values rather than in distributions:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -28,48 +27,11 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from barlowtwins.config import AugmentConfig
+from barlowtwins.crops import Range, sample_crop_boxes
 from barlowtwins.views import asymmetric_pair, blur_kernel_size
 
-ASPECT_RATIO = (3 / 4, 4 / 3)
-CROP_ATTEMPTS = 10
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 A = AugmentConfig  # every default below is the config's own
-
-Range = tuple[float, float]
-
-
-def sample_crop_boxes(
-    n: int, height: int, width: int, scale: Range, generator: torch.Generator, ratio: Range = ASPECT_RATIO
-) -> torch.Tensor:
-    """``RandomResizedCrop.get_params`` for n samples at once: int64 (n, 4) rows of (top, left, h, w).
-
-    Ten candidates per sample (area fraction uniform in ``scale``, log-uniform aspect ratio); the first that
-    fits is kept, else torchvision's central-crop fallback.
-    """
-    area = height * width * torch.empty(n, CROP_ATTEMPTS).uniform_(*scale, generator=generator).double()
-    log_ratio = torch.empty(n, CROP_ATTEMPTS).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = log_ratio.double().exp()
-    w = (area * aspect).sqrt().round().long()
-    h = (area / aspect).sqrt().round().long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.long().argmax(dim=1, keepdim=True)  # argmax of a 0/1 row is its first 1
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    position = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    top = (position[:, 0] * (height - h + 1)).long().clamp(max=height - h)
-    left = (position[:, 1] * (width - w + 1)).long().clamp(max=width - w)
-
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fallback = (width, int(round(width / ratio[0])))
-    elif in_ratio > ratio[1]:
-        fallback = (int(round(height * ratio[1])), height)
-    else:
-        fallback = (width, height)
-    fb_w, fb_h = fallback
-    found = fits.any(dim=1)
-    boxes = torch.stack((top, left, h, w), dim=1)
-    central = torch.tensor([(height - fb_h) // 2, (width - fb_w) // 2, fb_h, fb_w])
-    return torch.where(found[:, None], boxes, central)
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -247,7 +209,12 @@ class BatchedViews:
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, self.crop_scale, generator)
         # roi_align needs floats; the 1/255 scaling waits until the (usually smaller) crop.
-        out = resized_crop(images.float(), boxes, self.image_size).div_(255.0)
+        return self.colour(resized_crop(images.float(), boxes, self.image_size).div_(255.0), generator)
+
+    def colour(self, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Everything after the crop, in place on float (N, 3, S, S) crops in [0, 1]: flip, jitter, grayscale,
+        blur, solarization, normalisation (crops cut per sample by ``crops.CropViews`` come in here)."""
+        n = len(out)
         if self.flip_p > 0:
             _apply_where(out, torch.rand(n, generator=generator) < self.flip_p, lambda x: x.flip(-1))
         if self.jitter_p > 0 and self.jitter_ops:
@@ -278,6 +245,15 @@ class BatchedTwoViews:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view_a(images, generator), self.view_b(images, generator)
+
+    def crop_specs(self) -> tuple[tuple[int, Range], ...]:
+        """(output side, crop scale) of each view, for ``crops.CropViews``."""
+        return tuple((v.image_size, v.crop_scale) for v in (self.view_a, self.view_b))
+
+    def colour(self, crops: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views from uint8 crops (N, 2, 3, S, S), view A's then view B's, as ``CropViews`` cuts them."""
+        pair = crops[0].float().div_(255.0)
+        return self.view_a.colour(pair[:, 0], generator), self.view_b.colour(pair[:, 1], generator)
 
     def __repr__(self) -> str:
         return f"BatchedTwoViews(\n  view_a={self.view_a},\n  view_b={self.view_b}\n)"
@@ -310,6 +286,16 @@ class WithSmallViews:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         y_a, y_b = self.pair(images, generator)  # drawn first: the pair is what it is without small views
         return y_a, y_b, torch.cat([self.small(images, generator) for _ in range(self.count)])
+
+    def crop_specs(self) -> tuple[tuple[int, Range], ...]:
+        return self.pair.crop_specs() + ((self.small.image_size, self.small.crop_scale),) * self.count
+
+    def colour(self, crops: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """As ``BatchedTwoViews.colour``, then the small crops (N, count, 3, s, s), small view j of image i at
+        row j * N + i."""
+        y_a, y_b = self.pair.colour(crops[:1], generator)
+        small = crops[1].transpose(0, 1).reshape(-1, *crops[1].shape[2:])
+        return y_a, y_b, self.small.colour(small.float().div_(255.0), generator)
 
     def __repr__(self) -> str:
         return f"WithSmallViews(\n  pair={self.pair},\n  {self.count} x small={self.small}\n)"

@@ -20,10 +20,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VIEWS = ("batched", "pil")
 CACHES = ("auto", "memory", "disk", "off")
+CROPS = ("auto", "sample", "batch")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 FORMULATIONS = ("auto", "cross", "gram")
-# Table 5's objectives (paper §4); which of them the ``gram`` formulation can express is in losses.barlow_twins
-OBJECTIVES = ("barlow_twins", "invariance_only", "redundancy_only", "feature_norm", "cross_covariance", "cross_entropy")
+# Table 5's objectives (paper §4), then §5.2's auto-correlation alternative; which of them the ``gram``
+# formulation can express is in losses.barlow_twins
+OBJECTIVES = (
+    "barlow_twins",
+    "invariance_only",
+    "redundancy_only",
+    "feature_norm",
+    "cross_covariance",
+    "cross_entropy",
+    "auto_correlation",
+)
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,16 @@ class DataConfig:
     eval_limit: int = 0  # use only the first N samples of --eval-data (0: all)
     workers: int = -1  # DataLoader worker processes; -1: one per CPU core, at most 8
     shuffle_buffer: int = 2000  # WebDataset only: samples held for shuffling within a worker
-    views: str = "batched"  # "batched": views of a whole batch on the training device; "pil": per sample in workers
-    cache: str = "auto"  # decoded uint8 images: "memory", "disk" (memory-mapped, once ever), "off", "auto" (by size)
+    views: str = "batched"  # "batched": colour ops of a whole batch on the training device; "pil": all per sample
+    cache: str = "auto"  # decoded images: "memory", "disk" (memory-mapped, once ever), "off" (decode every step),
+    # "auto": memory under a quarter of the free RAM, else disk under half the free disk, else off
     cache_dir: str = ""  # where "disk" caches live ("": $BARLOWTWINS_CACHE, else ~/.cache/barlowtwins)
-    stored_size: int = 0  # side of the cached images (shorter side resized, centre crop); 0: augment.image_size
+    # Stored images keep their whole picture and aspect ratio; crops are drawn on the original (paper §2.2).
+    crops: str = "auto"  # batched views' crops: "sample" (PIL bicubic per sample in workers, as the paper's
+    # pipeline), "batch" (roi_align, bilinear, a whole batch at once), "auto": batch for images of one shape stored
+    # as they are and at most twice the view's side (CIFAR, STL-10, the digits), else sample
+    stored_size: int = 0  # cap on a stored image's shorter side, px (never enlarged); 0: every crop stays a
+    # reduction of the stored pixels (915 px for 224 px views from 8 % crops; train/inputs.stored_side)
 
 
 @dataclass(frozen=True)
@@ -216,7 +232,9 @@ class EvalInputs:
 class LinearConfig:
     """Linear evaluation on frozen features (appendix B.1)."""
 
-    mode: str = "fast"  # "fast": features once, no augmentation; "augmented": B.1 as written
+    # "augmented": the paper's B.1 protocol (crop + flip every batch through the frozen backbone); "fast": an
+    # approximation (features once, no augmentation); "auto": augmented at ImageNet scale (224 px and up), else fast
+    mode: str = "auto"
     epochs: int = 100  # B.1: 100 epochs
     lr: float = 0.3  # B.1: learning rate 0.3, cosine-annealed per epoch
     momentum: float = 0.9  # B.1: SGD with momentum (0.9 in the official evaluate.py)
@@ -279,3 +297,57 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
     return value
+
+
+# --- detection and instance-segmentation transfer (paper Table 4, appendix C.2): ``barlowtwins detect`` ---
+DETECT_MODELS = ("faster_rcnn", "mask_rcnn")
+DETECT_VARIANTS = ("c4", "fpn")
+DETECT_NORMS = ("sync", "frozen", "train")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Fine-tuning a detector on our backbone. Defaults: appendix C.2's VOC07+12 run (He et al. 2019's settings
+    in detectron2); the ``coco`` and ``detect-cpu`` recipes (``recipes/detection/``) hold what differs."""
+
+    data: tuple[str, ...] = ()  # --data: VOC tree(s) (several: VOC07+12) or a folder in COCO 2017's layout
+    checkpoint: str = "random"  # --checkpoint: run directory, exported .pth / .safetensors, or "random" (baseline)
+    arch: str = ""  # architecture of a plain state_dict or of "random" ("": from the checkpoint or sidecar)
+    model: str = "faster_rcnn"  # "faster_rcnn" (Table 4, VOC) or "mask_rcnn" (Table 4, COCO)
+    variant: str = "c4"  # "c4": stages 1-4 feature map, stage 5 + pooling as box head (Table 4); "fpn"
+    norm: str = "sync"  # BN: "sync" (C.2: SyncBatchNorm; batch statistics on one process), "frozen", "train"
+    classes: tuple[str, ...] = ()  # VOC class names in label order ((): those found in the training annotations)
+    min_sizes: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, drawn per image in training (MoCo VOC)
+    max_size: int = 1333  # longer side cap (detectron2)
+    test_size: int = 800  # shorter side at test time (detectron2)
+    batch_size: int = 16  # C.2: batch size 16 (over 8 GPUs)
+    steps: int = 24000  # C.2: 24k iterations on VOC07+12
+    lr: float = 0.1  # C.2: initial learning rate 0.1 (VOC)
+    milestones: tuple[int, ...] = (18000, 22000)  # C.2: lr x gamma after 18k and 22k iterations
+    gamma: float = 0.1  # C.2: "reduced by a factor of 10"
+    warmup_steps: int = 1000  # C.2: linear warm-up for 1000 iterations
+    warmup_factor: float = 0.333  # C.2: warm-up "slope 0.333": the lr starts at this x lr (detectron2 WARMUP_FACTOR)
+    momentum: float = 0.9  # detectron2's SGD momentum
+    weight_decay: float = 1e-4  # detectron2's default weight decay
+    box_batch_per_image: int = 512  # RoIs sampled per image for the box head (detectron2 default)
+    detections_per_image: int = 100  # kept after NMS at test time (detectron2 and COCO's maxDets)
+    score_threshold: float = 0.05  # detections below this score are dropped at test time (detectron2)
+    time_budget: str = ""  # e.g. "20m": fit the steps to the budget, milestones scaled with them ("": the steps)
+    out: str = "runs/detect"  # run directory: config, metrics, checkpoint, eval/
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", ...
+    workers: int = 2  # DataLoader worker processes
+    seed: int = 0  # data order, flips, resize draws and the detector's new layers; "random" backbone init
+    limit: int = 0  # use only the first N training images (0: all); for smoke tests
+    test_limit: int = 0  # use only the first N test images (0: all)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    pictures: int = 4  # test images drawn with their predictions in eval/predictions.png
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# Detection fields that may differ when resuming: where and how the run executes, not what it computes.
+DETECT_RESUMABLE = frozenset(
+    {"data", "out", "device", "workers", "time_budget", "log_every", "checkpoint_every", "test_limit", "pictures"}
+)

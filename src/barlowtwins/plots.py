@@ -65,3 +65,19 @@ def spectrum_figure(singular_values, rank: float, step: int):
     ax.set_title(f"spectrum at step {step}: effective rank {rank:.1f} of {len(singular_values)}")
     fig.tight_layout()
     return fig
+
+
+def views_figure(sources, pairs, ids, size: int):
+    """A grid: each source image (its whole picture) beside its view A and view B (uint8 (n, 2, 3, S, S))."""
+    plt = _pyplot()
+    rows = len(pairs)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.4 * rows), squeeze=False)
+    for row, (source, pair, name) in enumerate(zip(sources, pairs, ids, strict=True)):
+        panels = (source, pair[0].permute(1, 2, 0).numpy(), pair[1].permute(1, 2, 0).numpy())
+        for ax, picture, title in zip(axes[row], panels, (str(name)[-28:], "view A", "view B"), strict=True):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{rows} view pairs at {size} px, before normalisation", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
+    return fig

@@ -11,6 +11,7 @@ from typing import Any
 
 from barlowtwins.config import (
     CACHES,
+    CROPS,
     FORMULATIONS,
     OBJECTIVES,
     OPTIMIZERS,
@@ -42,10 +43,10 @@ def validate(config: PretrainConfig) -> None:
             f"data.views must be one of {', '.join(VIEWS)} and data.cache one of {', '.join(CACHES)} "
             f"(got '{d.views}', '{d.cache}')"
         )
+    if d.crops not in CROPS:
+        raise BarlowTwinsError(f"data.crops must be one of {', '.join(CROPS)} (got '{d.crops}')")
     if a.small_views and d.views != "batched":
         raise BarlowTwinsError("augment.small_views are made by the batched views: set data.views=batched")
-    if d.views == "batched" and d.cache == "off":
-        raise BarlowTwinsError("data.views=batched makes views from decoded images: set data.cache, or data.views=pil")
     if o.optimizer not in OPTIMIZERS:
         raise BarlowTwinsError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)} (got '{o.optimizer}')")
     if config.loss.formulation not in FORMULATIONS:
@@ -93,7 +94,7 @@ RANGES = {
     "stem_stride": (lambda v: v >= 1, ">= 1"),
     "small_views": (lambda v: v >= 0, ">= 0"),
     "small_size": (lambda v: v >= 1, ">= 1"),
-    "stored_size": (lambda v: v >= 0, ">= 0 (0: the image size)"),
+    "stored_size": (lambda v: v >= 0, ">= 0 (0: every crop a reduction of the stored image)"),
     "image_size": (lambda v: v is None or v >= 1, ">= 1"),
     "resize_ratio": (lambda v: v >= 0, ">= 0 (0: the default)"),
     "jitter": (lambda v: v >= 0, ">= 0"),

@@ -151,7 +151,25 @@ def projector_width(widths: tuple[int, ...]) -> dict[str, Any]:
     return {"title": "Projector output width (paper Fig. 4)", "reference": "previous", "variants": variants}
 
 
-STUDY_NAMES = ("table5", "table6", "batch-size", "augmentations", "projector-width")
+PROJECTOR_DEPTHS = (1, 2, 3, 4)  # §4, "Projector Network Depth & Width": the paper's projector has 3 layers
+
+
+def projector_depth() -> dict[str, Any]:
+    """§4: 1 to 4 linear layers, all of the base recipe's width (``{hidden}``; BN + ReLU after all but the
+    last), so only the depth changes. "performs better when the projector network has more layers, with a
+    saturation of the performance for 3 layers": each row against the one before it, higher up to 3, then
+    similar. The paper gives no numbers in its text (None)."""
+    variants = {}
+    for i, depth in enumerate(PROJECTOR_DEPTHS):
+        expect = None if i == 0 else "similar" if depth > 3 else "higher"
+        claim = "saturates at 3 layers" if depth > 3 else "more layers perform better"
+        row = _row(["model.projector=" + "-".join(["{hidden}"] * depth)], None, expect, claim, "§4 (text)")
+        row["reference"] = f"depth-{PROJECTOR_DEPTHS[i - 1]}" if i else None
+        variants[f"depth-{depth}"] = row
+    return {"title": "Projector depth (paper §4)", "reference": "previous", "variants": variants}
+
+
+STUDY_NAMES = ("table5", "table6", "batch-size", "augmentations", "projector-width", "projector-depth")
 
 
 def study(name: str, batch_sizes: tuple[int, ...], lrs: tuple[float, ...], widths: tuple[int, ...]) -> dict[str, Any]:
@@ -162,5 +180,6 @@ def study(name: str, batch_sizes: tuple[int, ...], lrs: tuple[float, ...], width
         "batch-size": lambda: batch_size(batch_sizes, lrs),
         "augmentations": augmentations,
         "projector-width": lambda: projector_width(widths),
+        "projector-depth": projector_depth,
     }
     return {"name": name, **builders[name]()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from barlowtwins.cli import ablate, evaluate, pretrain
+from barlowtwins.cli import ablate, detect, evaluate, pretrain, views
 from barlowtwins.errors import BarlowTwinsError, Preempted
 
 
@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_commands(commands)
     evaluate.add_commands(commands)
     ablate.add_commands(commands)
+    detect.add_commands(commands)
+    views.add_commands(commands)
     return parser
 
 

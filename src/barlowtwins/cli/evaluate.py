@@ -32,13 +32,16 @@ HELP = {
     "random_init": "also evaluate the randomly initialised backbone (the floor)",
     "baseline_weights": "also evaluate this state_dict (same --arch and stem), e.g. supervised weights",
     "out": "JSON result file (default: eval/<protocol>.json in the run directory)",
-    "mode": "fast: features extracted once; augmented: B.1 as written",
+    "mode": "augmented: the paper's protocol (appendix B.1), a random crop + flip of every batch through the "
+    "frozen backbone; fast: an approximation, features extracted once without augmentation (seconds, usually "
+    "a little lower); auto (default): augmented at ImageNet scale (images of 224 px and up: the imagenet "
+    "recipe, the official checkpoint), fast for smaller images",
     "feature_bn": "batch-norm without affine before the linear layer (MAE's probe; not in the paper)",
     "fraction": "class-balanced fraction of the labels to draw",
     "classifiers": "linear (SGD softmax) and/or svm (per-class linear SVMs, C by cross-validation)",
     "k": "numbers of neighbours",
 }
-CHOICES = {"mode": ("fast", "augmented"), "classifiers": ("linear", "svm")}
+CHOICES = {"mode": ("auto", "augmented", "fast"), "classifiers": ("linear", "svm")}
 REQUIRED = ("checkpoint", "train_data", "test_data")
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from barlowtwins import distributed
 from barlowtwins.data import cache
-from barlowtwins.data.shards import decode_sample
+from barlowtwins.data.decode import open_image
+from barlowtwins.data.shards import decode_sample, read_samples
 from barlowtwins.data.sources import FileImages, ImageSource, Samples
 from barlowtwins.errors import BarlowTwinsError
 
@@ -133,6 +136,7 @@ def _shard_stream(
     training: bool,
     seed: int = 0,
     shuffle_buffer: int = 0,
+    collate: Callable = default_collate,
 ) -> DataLoader:
     """One pass over the shards, split by worker (and by process while training), in batches."""
     pipeline = wds.WebDataset(
@@ -144,9 +148,7 @@ def _shard_stream(
     )
     if shuffle_buffer:
         pipeline = pipeline.shuffle(shuffle_buffer, seed=seed)
-    pipeline = pipeline.map(_DecodeTransform(transform)).batched(
-        batch_size, collation_fn=default_collate, partial=not training
-    )
+    pipeline = pipeline.map(_DecodeTransform(transform)).batched(batch_size, collation_fn=collate, partial=not training)
     if not training:
         workers = min(workers, len(shards))  # a worker without a shard fails inside WebDataset
     return _loader(pipeline, workers, device, batch_size=None)
@@ -160,6 +162,7 @@ def batches(
     device: torch.device,
     shuffle_seed: int | None = None,
     drop_last: bool = False,
+    collate: Callable = default_collate,
 ) -> DataLoader:
     """One pass over every sample: in order, or (map-style only) in an order seeded by ``shuffle_seed``.
 
@@ -168,7 +171,7 @@ def batches(
     if source.samples is None:
         if shuffle_seed is not None:
             raise BarlowTwinsError("shuffled passes need map-style data; select the samples into memory first")
-        return _shard_stream(source.shards, transform, batch_size, workers, device, training=False)
+        return _shard_stream(source.shards, transform, batch_size, workers, device, training=False, collate=collate)
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     return _loader(
         Transformed(source.samples, transform),
@@ -178,6 +181,7 @@ def batches(
         shuffle=shuffle_seed is not None,
         generator=generator,
         drop_last=drop_last,
+        collate_fn=collate,
     )
 
 
@@ -227,35 +231,82 @@ def training_batches(
 
 
 class _Stored:
-    """Worker-side transform: an image as the cache stores it (uint8 size x size x 3); picklable."""
+    """Worker-side transform: an image as the store keeps it (``cache.stored_image`` or ``stored_full``)."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, square: bool):
+        self.size, self.square = size, square
 
     def __call__(self, image):
-        return np.array(cache.stored_image(image, self.size))  # writable: collation wraps it in a tensor
+        if self.square:
+            return np.array(cache.stored_image(image, self.size))  # writable: collation wraps it in a tensor
+        return cache.stored_full(image, self.size)
 
 
-def decoded(source: ImageSource, size: int, mode: str, cache_dir: str, workers: int) -> cache.DecodedImages:
-    """Every image of ``source`` decoded once at ``size`` px, in memory or in a disk cache reused across runs.
+def _stored_pair(item) -> cache.Stored:
+    """``stored_full``'s (pixels, original size) as it comes out of a loader (unbatched streams turn tuples into
+    lists and arrays into tensors)."""
+    pixels, original = item
+    return np.asarray(pixels), (int(original[0]), int(original[1]))
 
-    ``mode`` "auto" keeps images in memory when they take under a quarter of the available RAM, else on disk.
+
+def _as_lists(batch: list) -> tuple[list, ...]:
+    """Collation for images of several shapes: the batch's fields as lists."""
+    return tuple(list(field) for field in zip(*batch, strict=True))
+
+
+def store_mode(source: ImageSource, size: int, mode: str, square: bool = True) -> str:
+    """``mode`` with "auto" resolved: "memory" when the store takes under a quarter of the available RAM, else
+    "disk" when it takes under half the free disk of the cache, else "off" (decode every step)."""
+    if mode != "auto":
+        return mode
+    needed = cache.stored_bytes(source.num_samples, size) if square else estimated_bytes(source, size)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed < available / 4:
+        return "memory"
+    free = shutil.disk_usage(_existing_parent(cache.default_cache_dir())).free
+    return "disk" if needed < free / 2 else "off"
+
+
+def estimated_bytes(source: ImageSource, size: int, sample: int = 32) -> int:
+    """Bytes of a ``full`` store of ``source`` at ``size``, from the headers of ``sample`` evenly spaced images."""
+    if source.samples is not None:
+        picks = np.linspace(0, source.num_samples - 1, min(sample, source.num_samples)).round().astype(int)
+        images = [source.samples.open(int(i)) for i in picks]
+    else:
+        images = [open_image(s.image, s.key) for s in read_samples(source.shards, limit=sample)]
+    per_image = [3 * np.prod(cache.full_shape(image.height, image.width, size)) for image in images]
+    return int(np.mean(per_image) * source.num_samples) if per_image else 0
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def decoded(
+    source: ImageSource, size: int, mode: str, cache_dir: str, workers: int, square: bool = True
+) -> cache.DecodedImages:
+    """Every image of ``source`` decoded once, in memory or in a disk cache reused across runs: ``square``
+    (test-time input: shorter side ``size``, centre crop) or whole (shorter side at most ``size``).
+
+    ``mode`` "auto": see :func:`store_mode` ("off" is not an option here: then in memory).
     Decoding runs in ``workers`` DataLoader processes. Rows are in the order of one ordered pass.
     """
-    if mode == "auto":
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mode = "memory" if cache.stored_bytes(source.num_samples, size) < available / 4 else "disk"
-    loader = batches(source, _Stored(size), 256, workers, torch.device("cpu"))
+    mode = store_mode(source, size, mode, square)
+    collate = default_collate if square else _as_lists
+    loader = batches(source, _Stored(size, square), 64, workers, torch.device("cpu"), collate=collate)
     rows = (
-        (image.numpy(), int(label), i)
+        (image.numpy() if square else _stored_pair(image), int(label), i)
         for images, labels, ids in loader
         for image, label, i in zip(images, labels, ids, strict=True)
     )
-    if mode == "memory":
-        return cache.decode_all(rows, source.num_samples, size, progress="decoding")
+    if mode in ("memory", "off"):
+        return cache.decode_all(rows, source.num_samples, size, progress="decoding", square=square)
     files = source.shards or (source.samples.images.paths if isinstance(source.samples.images, FileImages) else [])
-    key = cache.cache_key(source.description, files, size)
-    return cache.decode_all(rows, source.num_samples, size, cache_dir or cache.default_cache_dir(), key, "decoding")
+    key = cache.cache_key(source.description, files, size, square)
+    directory = cache_dir or cache.default_cache_dir()
+    return cache.decode_all(rows, source.num_samples, size, directory, key, "decoding", square)
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:

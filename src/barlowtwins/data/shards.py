@@ -16,6 +16,7 @@ from typing import NamedTuple
 from braceexpand import UnbalancedBracesError, braceexpand
 from PIL import Image
 
+from barlowtwins.data.decode import decode
 from barlowtwins.errors import BarlowTwinsError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
@@ -128,11 +129,8 @@ def _complete(images: dict[str, tuple[str, bytes]], labels: dict[str, int]) -> l
 
 
 def decode_image(encoded: bytes, where: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            return image.convert("RGB")
-    except Exception as error:
-        raise BarlowTwinsError(f"cannot decode image {where} ({error}); remove or replace it") from None
+    """A shard's image bytes as 8-bit RGB (``data.decode``: 16-bit and CMYK images come out right)."""
+    return decode(encoded, where)
 
 
 def decode_sample(sample: dict) -> tuple[Image.Image, int, str]:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from barlowtwins.data.decode import decode, open_image, to_rgb
 from barlowtwins.data.shards import EncodedSample, decode_image, expand_shards, read_samples, shard_index
 from barlowtwins.errors import BarlowTwinsError
 
@@ -33,17 +34,19 @@ DIGITS_TEST_SIZE = 297  # a stratified sixth of the 1,797 digits, fixed by seed 
 # --- where the pixels of a map-style set come from: index -> RGB PIL image ---
 
 
+# ``images[i]`` is the decoded RGB image; ``images.open(i)`` may instead open it lazily (header read, pixels not
+# decoded), so a crop can ask for a reduced-size decode (data.decode.reduce_for).
+
+
 class FileImages:
     def __init__(self, paths: Sequence[str]):
         self.paths = list(paths)
 
     def __getitem__(self, index: int) -> Image.Image:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except Exception as error:
-            raise BarlowTwinsError(f"cannot read image {path} ({error}); remove or replace the file") from None
+        return decode(self.paths[index], self.paths[index])
+
+    def open(self, index: int) -> Image.Image:
+        return open_image(self.paths[index], self.paths[index])
 
 
 class ArrayImages:
@@ -53,7 +56,7 @@ class ArrayImages:
         self.array = array
 
     def __getitem__(self, index: int) -> Image.Image:
-        return Image.fromarray(self.array[index]).convert("RGB")
+        return Image.fromarray(self.array[index]).convert("RGB")  # uint8 grey or RGB: nothing to get wrong
 
 
 class EncodedImages:
@@ -64,13 +67,17 @@ class EncodedImages:
         sample = self.samples[index]
         return decode_image(sample.image, f"{sample.key} in {sample.shard}")
 
+    def open(self, index: int) -> Image.Image:
+        sample = self.samples[index]
+        return open_image(sample.image, f"{sample.key} in {sample.shard}")
+
 
 class TorchvisionImages:
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
 
     def __getitem__(self, index: int) -> Image.Image:
-        return self.dataset[index][0].convert("RGB")
+        return to_rgb(self.dataset[index][0], f"sample {index}")
 
 
 class Picked:
@@ -80,6 +87,14 @@ class Picked:
 
     def __getitem__(self, index: int) -> Image.Image:
         return self.images[self.indices[index]]
+
+    def open(self, index: int) -> Image.Image:
+        return lazily(self.images, self.indices[index])
+
+
+def lazily(images, index: int) -> Image.Image:
+    """Image ``index`` of a provider, opened lazily where the provider can, else decoded."""
+    return images.open(index) if hasattr(images, "open") else images[index]
 
 
 class Samples(Dataset):
@@ -98,6 +113,10 @@ class Samples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int, str]:
         return self.images[index], int(self.labels[index]), self.ids[index]
+
+    def open(self, index: int) -> Image.Image:
+        """Image ``index``, lazily opened when its provider can (files, encoded bytes), else decoded."""
+        return lazily(self.images, index)
 
     def subset(self, indices: Sequence[int]) -> Samples:
         indices = list(indices)

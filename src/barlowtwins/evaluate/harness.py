@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -124,8 +125,10 @@ class Evaluation:
         return self.out
 
 
-def prepare(inputs: EvalInputs, name: str, data: bool = True) -> Evaluation:
-    """Load the subjects, resolve the image settings, open the train/test data, start the log."""
+def prepare(inputs: EvalInputs, name: str | Callable[[ImageSettings], str], data: bool = True) -> Evaluation:
+    """Load the subjects, resolve the image settings, open the train/test data, start the log.
+
+    ``name`` (of the default result file) may depend on the image settings: a function of them."""
     started = time.perf_counter()
     check_ranges(inputs)
     subjects = load_subjects(inputs)
@@ -136,6 +139,7 @@ def prepare(inputs: EvalInputs, name: str, data: bool = True) -> Evaluation:
         train = open_source(i.train_data, i.data_root, i.download, i.limit, what="--train-data")
         test_limit = i.limit if i.test_limit is None else i.test_limit
         test = open_source(i.test_data, i.data_root, i.download, test_limit, what="--test-data")
+    name = name if isinstance(name, str) else name(images)
     out = output_path(inputs, name)
     if out.is_dir():
         raise BarlowTwinsError(f"--out {out} is a directory; pass a file name such as {out / (name + '.json')}")

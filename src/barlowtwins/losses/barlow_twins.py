@@ -18,8 +18,14 @@ Table 5's objectives (paper §4) change one piece each (``objective``):
 * ``cross_covariance``: z only centred along the batch (not scaled), C their cross-covariance ``Za^T Zb / N``;
 * ``cross_entropy``: ``-log sum_i exp(C_ii / tau) + lambda log sum_i sum_{j != i} exp(max(C_ij, 0) / tau)``.
 
-The first four only change Za, Zb or the sum taken, so ``gram`` expresses them exactly; the cross-entropy
-needs every C_ij and therefore ``cross`` (``auto`` picks it).
+The paper's alternative (§5.2 and appendix A, "similar performances (not shown)"), ``auto_correlation``, keeps
+the invariance term on the cross-correlation and takes the redundancy term from the off-diagonal of one
+network's auto-correlation ``A = Za^T Za / N`` (branch A's), as the entropy term of eq. 8 reads:
+``sum_i (1 - C_ii)^2 + lambda sum_i sum_{j != i} A_ij^2``.
+
+All but the cross-entropy only change Za, Zb or whose correlation the redundancy term sums
+(``||Za^T Za||_F^2 = sum(Za Za^T o Za Za^T)``), so ``gram`` expresses them exactly; the cross-entropy needs
+every C_ij and therefore ``cross`` (``auto`` picks it).
 
 Under torch.distributed the loss is that of the global batch: z is standardised with global-batch
 statistics, ``cross`` sums the per-process partial C over processes (D^2 numbers of traffic per step),
@@ -40,13 +46,15 @@ from barlowtwins.distributed import all_gather_cat, all_reduce_sum, is_distribut
 
 BATCH_NORM_EPS = 1e-5  # the official code standardises with BatchNorm1d(affine=False), whose eps this is
 NEEDS_CROSS = frozenset({"cross_entropy"})  # objectives that need every C_ij, not only diag(C) and ||C||_F
+AUTO_CORRELATION = "auto_correlation"  # the redundancy term on Za^T Za / N instead of C (paper §5.2, appendix A)
 
 
 class LossTerms(NamedTuple):
     """The loss, its two terms, and diagnostics that read the same whatever the loss magnitude.
 
     A healthy run drives ``on_diag_mean`` towards 1 and ``off_diag_rms`` towards 0. ``off_diag_abs_mean``
-    needs C itself, so the ``gram`` formulation leaves it as None. Diagnostics carry no gradient.
+    needs C itself, so the ``gram`` formulation leaves it as None. Diagnostics carry no gradient. The
+    off-diagonal figures are of the matrix the redundancy term sums (the auto-correlation for that objective).
     """
 
     loss: torch.Tensor
@@ -101,6 +109,28 @@ def _objective_terms(objective: str, c, on_diag, off_diag_sq, lambd: float, temp
     return (1 - on_diag).square().sum(), lambd * off_diag_sq
 
 
+def _correlation_sums(formulation: str, za: torch.Tensor, zb: torch.Tensor, zr: torch.Tensor, count: int):
+    """(C or None, diag(C), off-diagonal sum of squares of R, mean |off-diagonal R| or None) for
+    C = Za^T Zb / N and R = Za^T Zr / N (R is C unless ``zr`` is ``za``: the auto-correlation)."""
+    dim = za.shape[1]
+    if formulation == "cross":
+        c = all_reduce_sum(za.T @ zb) / count
+        r = c if zr is zb else all_reduce_sum(za.T @ zr) / count
+        on_diag, r_diag = torch.diagonal(c), torch.diagonal(r)
+        with torch.no_grad():
+            off_diag_abs_mean = (r.abs().sum() - r_diag.abs().sum()) / (dim * (dim - 1))
+        return c, on_diag, r.square().sum() - r_diag.square().sum(), off_diag_abs_mean
+    # Each process takes its own rows of Za Za^T o Zr Zr^T (N_local x N_global), so the O(N^2 D) work is
+    # split over processes like the partial C of ``cross``; the sums are then all-reduced.
+    za_all = all_gather_cat(za)
+    gram_a = za @ za_all.T
+    gram_r = gram_a if zr is za else zr @ all_gather_cat(zr).T
+    on_diag = all_reduce_sum((za * zb).sum(dim=0)) / count
+    r_diag = on_diag if zr is zb else all_reduce_sum((za * zr).sum(dim=0)) / count
+    frobenius_sq = all_reduce_sum((gram_a * gram_r).sum()) / count**2
+    return None, on_diag, frobenius_sq - r_diag.square().sum(), None
+
+
 def _check_inputs(z_a: torch.Tensor, z_b: torch.Tensor) -> None:
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(
@@ -141,20 +171,8 @@ def barlow_twins_terms(
         if formulation == "auto":
             formulation = "cross" if objective in NEEDS_CROSS else choose_formulation(count, dim)
         za, zb = normalize_for(objective, z_a, count, eps), normalize_for(objective, z_b, count, eps)
-        off_diag_abs_mean = c = None
-        if formulation == "cross":
-            c = all_reduce_sum(za.T @ zb) / count
-            on_diag = torch.diagonal(c)
-            off_diag_sq = c.square().sum() - on_diag.square().sum()
-            with torch.no_grad():
-                off_diag_abs_mean = (c.abs().sum() - on_diag.abs().sum()) / (dim * (dim - 1))
-        else:
-            # Each process takes its own rows of Za Za^T o Zb Zb^T (N_local x N_global), so the O(N^2 D)
-            # work is split over processes like the partial C of ``cross``; the sums are then all-reduced.
-            za_all, zb_all = all_gather_cat(za), all_gather_cat(zb)
-            on_diag = all_reduce_sum((za * zb).sum(dim=0)) / count
-            frobenius_sq = all_reduce_sum(((za @ za_all.T) * (zb @ zb_all.T)).sum()) / count**2
-            off_diag_sq = frobenius_sq - on_diag.square().sum()
+        zr = za if objective == AUTO_CORRELATION else zb  # the redundancy term sums Za^T Zr / N off its diagonal
+        c, on_diag, off_diag_sq, off_diag_abs_mean = _correlation_sums(formulation, za, zb, zr, count)
         invariance, redundancy = _objective_terms(objective, c, on_diag, off_diag_sq, lambd, temperature)
         loss = {"invariance_only": invariance, "redundancy_only": redundancy}.get(objective, invariance + redundancy)
         with torch.no_grad():

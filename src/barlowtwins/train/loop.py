@@ -22,11 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from barlowtwins import distributed, methods
-from barlowtwins.batched_views import training_views
 from barlowtwins.config import EvalInputs, PretrainConfig
-from barlowtwins.data import ImageSource, Samples, in_memory, open_source, resolve_workers, training_batches
-from barlowtwins.data.loaders import cached_training_batches, decoded
-from barlowtwins.data.sources import ArrayImages
+from barlowtwins.data import ImageSource, open_source
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.evaluate import knn
 from barlowtwins.methods import METHODS
@@ -35,11 +32,11 @@ from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
 from barlowtwins.train.budget import Budget
 from barlowtwins.train.divergence import FiniteWatch
+from barlowtwins.train.inputs import view_batches
 from barlowtwins.train.monitor import Monitor
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.run_dir import RunDir
 from barlowtwins.validation import parse_duration
-from barlowtwins.views import pair_settings, two_views
 
 
 def build_method(config: PretrainConfig, backbone: Backbone | None = None) -> nn.Module:
@@ -209,19 +206,8 @@ def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
 
 
 def _batches(config: PretrainConfig, s: _Setup, step: int) -> Iterator:
-    """This process's training batches from ``step`` on: batched views of decoded images, or PIL views."""
-    t, d, a = config.train, config.data, config.augment
-    per_process, workers = t.batch_size // distributed.world_size(), resolve_workers(d.workers)
-    start_epoch, skip = divmod(step, s.steps_per_epoch)
-    source = s.source
-    if d.cache != "off":
-        images = decoded(source, d.stored_size or a.image_size, d.cache, d.cache_dir, workers)
-        if d.views == "batched":
-            views = training_views(**dataclasses.asdict(a))
-            return cached_training_batches(images, views, per_process, t.seed, s.device, start_epoch, skip)
-        source = in_memory(Samples(ArrayImages(images.images), images.labels, images.ids), source.description)
-    views = two_views(**pair_settings(dataclasses.asdict(a)))
-    return training_batches(source, views, per_process, workers, t.seed, s.device, start_epoch, skip, d.shuffle_buffer)
+    """This process's training batches from ``step`` on (:func:`barlowtwins.train.inputs.view_batches`)."""
+    return view_batches(config, s.device, s.source, step)
 
 
 def _on_device(views, s: _Setup) -> list[torch.Tensor]:

@@ -1,0 +1,119 @@
+"""A detection run's directory, with pretraining's guarantees (:mod:`barlowtwins.train.run_dir`).
+
+``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``tensorboard/``, ``detector.pt`` (rewritten atomically;
+named apart from pretraining's ``checkpoint.pt`` so a detection run is never taken for a backbone) and
+``eval/``. The same ``.lock`` keeps a second run off the directory; a run resumes from its checkpoint
+unless its settings changed in a way that matters (:data:`barlowtwins.config.DETECT_RESUMABLE`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from barlowtwins.atomic import atomic_save, atomic_write_text, remove_stale_temporaries
+from barlowtwins.checkpoint import load_file
+from barlowtwins.config import DETECT_RESUMABLE, DetectConfig
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.recipes import flatten
+from barlowtwins.runtime import package_version, run_metadata
+from barlowtwins.train.run_dir import RunLock, _logged_step
+
+CHECKPOINT = "detector.pt"
+FORMAT = "barlowtwins-detection/1"
+
+
+class DetectRun:
+    """Used as a context manager around the fine-tuning loop (closes the logs, releases the lock)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = RunLock(self.path)
+        self._metrics = self._writer = None
+        self.saved_step: int | None = None
+
+    def start(self, config: DetectConfig, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Take the directory; resume from ``detector.pt`` (returns its ``step``, ``train_seconds``,
+        ``total_steps``) or write ``config.yaml`` and ``meta.json`` of a new run."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            remove_stale_temporaries(self.path)
+        except OSError as error:
+            raise BarlowTwinsError(
+                f"cannot write the run directory {self.path} ({error.strerror}); pass another --out"
+            ) from None
+        checkpoint = self.path / CHECKPOINT
+        if not checkpoint.is_file():
+            atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
+            atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
+            return {"step": 0, "train_seconds": 0.0, "total_steps": None}
+        state = load_file(checkpoint)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise BarlowTwinsError(f"{checkpoint} is not a detection checkpoint; pass another --out")
+        saved, now = flatten(state["config"]), flatten(config.to_dict())
+        changed = sorted(k for k in set(saved) | set(now) if k not in DETECT_RESUMABLE and saved.get(k) != now.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+            raise BarlowTwinsError(
+                f"{self.path} holds a detection run with other settings ({shown}); use another --out, or its settings"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.saved_step = state["step"]
+        self._truncate_metrics(state["step"])
+        print(f"resuming {self.path} from step {state['step']}", flush=True)
+        return {key: state[key] for key in ("step", "train_seconds", "total_steps")}
+
+    def _truncate_metrics(self, step: int) -> None:
+        metrics = self.path / "metrics.jsonl"
+        if metrics.is_file():
+            lines = metrics.read_text().splitlines(keepends=True)
+            atomic_write_text("".join(line for line in lines if _logged_step(line) <= step), metrics)
+
+    def __enter__(self) -> DetectRun:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._metrics = open(self.path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in __exit__)
+        self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=(self.saved_step or 0) + 1)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._metrics.close()
+        self._writer.close()
+        self._lock.release()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl line; its numbers as TensorBoard scalars under ``detect/``."""
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"detect/{key}", value, record["step"])
+
+    def save(self, model: nn.Module, optimizer, config: DetectConfig, step: int, seconds: float, total: int) -> None:
+        """Rewrite ``detector.pt`` atomically; a failed write leaves the previous checkpoint intact."""
+        state = {
+            "format": FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "train_seconds": seconds,
+            "total_steps": total,
+            "config": config.to_dict(),
+            "version": package_version(),
+        }
+        try:
+            atomic_save(state, self.path / CHECKPOINT)
+        except (OSError, RuntimeError) as error:
+            kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
+            raise BarlowTwinsError(
+                f"cannot write the checkpoint of step {step} to {self.path} ({' '.join(str(error).split())}); {kept}"
+            ) from None
+        self.saved_step = step
