@@ -292,3 +292,12 @@ def test_resnet_check_names_the_architecture(tmp_path):
     assert info["arch"] == "timm:resnet10t" and hasattr(resnet, "layer4")
     with pytest.raises(Exception, match="needs a ResNet"):
         load_resnet("random", "timm:convnext_atto")
+
+
+def test_processes_share_each_global_batch_without_overlap():
+    """Under torchrun each of W processes takes every W-th key of the same global batch: together, the batch."""
+    whole = [batch for batch, _ in zip(StepBatches(10, 4, seed=3, step=2), range(5))]
+    shares = [[b for b, _ in zip(StepBatches(10, 4, seed=3, step=2, rank=r, world=2), range(5))] for r in (0, 1)]
+    for step, batch in enumerate(whole):
+        assert len(shares[0][step]) == len(shares[1][step]) == 2
+        assert sorted(shares[0][step] + shares[1][step]) == sorted(batch)

@@ -61,3 +61,41 @@ def test_mask_rcnn_c4_trains_on_generated_coco_and_reports_mask_ap(tmp_path):
     truth = json.loads((out / "eval" / "ground_truth.json").read_text())
     assert {i["id"] for i in truth["images"]} == {108, 109, 110}
     assert [c["name"] for c in truth["categories"]] == ["square", "bar"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("variant", ["fpn", "c4"])
+def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp_path, variant):
+    """Two gloo processes share each global batch (batch norm synchronised over them, C.2's SyncBatchNorm):
+    one metrics line per step, one report; the checkpoint then resumes on one process."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    voc = make_voc(tmp_path / "voc", train=8, test=2)
+    out = tmp_path / "run"
+    tiny = {**TINY, "batch_size": 4, "steps": 3, "milestones": [2], "lr": 0.01, "variant": variant}
+
+    def run(nproc: int) -> subprocess.CompletedProcess:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+        sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in tiny.items()), [])
+        command = [sys.executable, *launcher, "-m", "barlowtwins", "detect", "--data", str(voc), "--checkpoint"]
+        command += ["random", "--recipe", "detect-cpu", "--out", str(out), *sets]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    first = run(2)
+    assert first.stdout.count("box AP / AP50 / AP75") == 1  # only the main process evaluates and reports
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3]  # one line per step (and the final scores), from the main process only
+    report = json.loads((out / "eval" / "detection.json").read_text())
+    assert report["processes"] == 2 and report["steps"] == 3
+    state = torch.load(out / "detector.pt", weights_only=False)
+    assert not any(key.startswith("module.") for key in state["model"])  # the bare detector, not the DDP wrapper
+    second = run(1)  # the same command on one process: resumes from the finished checkpoint, trains no step
+    assert "from step 3" in second.stdout and json.loads((out / "eval" / "detection.json").read_text())["steps"] == 3

@@ -259,19 +259,41 @@ def test_an_unreadable_photo_is_named_in_one_line(tmp_path, capsys):
         assert len(error.splitlines()) == 1 and "broken.jpg" in error, error
 
 
-def test_streamed_shards_decoded_every_step_are_cropped_from_the_whole_photo(tmp_path, monkeypatch):
-    """Shards streamed with ``data.cache=off`` (a dataset too large to store): each photo is decoded as it
-    streams and both views' boxes are drawn on its original size."""
+def photo_shards(directory: Path, count: int = 6) -> list[str]:
+    """Two WebDataset shards of ``count`` JPEG photos each, landscape and portrait in turn."""
     import webdataset as wds
 
     shards = []
     for s in range(2):
-        shards.append(str(tmp_path / f"photos-{s}.tar"))
+        shards.append(str(directory / f"photos-{s}.tar"))
         with wds.TarWriter(shards[-1]) as sink:
-            for i in range(6):
+            for i in range(count):
                 encoded = io.BytesIO()
                 photo(*SHAPES[i % 2], seed=10 * s + i).save(encoded, format="JPEG", quality=90)
                 sink.write({"__key__": f"s{s}-{i:02d}", "jpg": encoded.getvalue(), "cls": str(i % 3).encode()})
+    return shards
+
+
+def test_streamed_shards_are_stored_whole_by_several_workers(tmp_path):
+    """Decoding streamed shards into the whole-image store in 2 workers (rows of several shapes cross processes
+    as pickled objects: as bare arrays each took a file descriptor, and 50,000 CIFAR images ran out of them)."""
+    shards = photo_shards(tmp_path, count=40)
+    images = decoded(open_source(shards), 60, "memory", "", workers=2, square=False)
+    assert len(images) == 80 and images.shape is None
+    assert {images.original_size(i) for i in range(80)} == {(100, 150), (150, 100)}
+    assert {images.image(i).shape for i in range(80)} == {(60, 90, 3), (90, 60, 3)}
+    from torch.utils.data import default_convert
+
+    from barlowtwins.data.loaders import _Stored
+
+    crossing = default_convert(_Stored(60, square=False)(photo(150, 100, seed=0)))
+    assert not isinstance(crossing, (torch.Tensor, list, tuple))  # one pickled object, no shared-memory tensors
+
+
+def test_streamed_shards_decoded_every_step_are_cropped_from_the_whole_photo(tmp_path, monkeypatch):
+    """Shards streamed with ``data.cache=off`` (a dataset too large to store): each photo is decoded as it
+    streams and both views' boxes are drawn on its original size."""
+    shards = photo_shards(tmp_path)
     seen = record_boxes(monkeypatch)
     settings = PretrainConfig(
         data=DataConfig(train=tuple(shards), cache="off", workers=0, shuffle_buffer=4),

@@ -239,14 +239,15 @@ class _Stored:
     def __call__(self, image):
         if self.square:
             return np.array(cache.stored_image(image, self.size))  # writable: collation wraps it in a tensor
-        return cache.stored_full(image, self.size)
+        return _Whole(*cache.stored_full(image, self.size))
 
 
-def _stored_pair(item) -> cache.Stored:
-    """``stored_full``'s (pixels, original size) as it comes out of a loader (unbatched streams turn tuples into
-    lists and arrays into tensors)."""
-    pixels, original = item
-    return np.asarray(pixels), (int(original[0]), int(original[1]))
+class _Whole:
+    """A whole stored image and its original size, passed from a worker as one pickled object: torch would turn
+    a bare array into a tensor in shared memory, one file descriptor per image, and run out of them."""
+
+    def __init__(self, pixels: np.ndarray, original: tuple[int, int]):
+        self.pixels, self.original = pixels, original
 
 
 def _as_lists(batch: list) -> tuple[list, ...]:
@@ -297,7 +298,7 @@ def decoded(
     collate = default_collate if square else _as_lists
     loader = batches(source, _Stored(size, square), 64, workers, torch.device("cpu"), collate=collate)
     rows = (
-        (image.numpy() if square else _stored_pair(image), int(label), i)
+        (image.numpy() if square else (image.pixels, image.original), int(label), i)
         for images, labels, ids in loader
         for image, label, i in zip(images, labels, ids, strict=True)
     )

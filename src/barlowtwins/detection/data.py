@@ -266,10 +266,14 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 class StepBatches:
     """Endless batches of ``(index, flip)`` keys: permutations of the images one after another, each with its
-    coin flips, from ``seed``; starting at ``step`` gives the batches a run that reached it would see next."""
+    coin flips, from ``seed``; starting at ``step`` gives the batches a run that reached it would see next.
+    With ``world`` processes each takes every ``world``-th key of each global batch from its ``rank``."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, step: int = 0, flip: bool = True):
+    def __init__(
+        self, size: int, batch_size: int, seed: int, step: int = 0, flip: bool = True, rank: int = 0, world: int = 1
+    ):
         self.size, self.batch_size, self.seed, self.step, self.flip = size, batch_size, seed, step, flip
+        self.rank, self.world = rank, world
 
     def _epoch(self, epoch: int) -> list[tuple[int, bool]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -285,7 +289,7 @@ class StepBatches:
             while len(pending) < self.batch_size:
                 epoch += 1
                 pending += self._epoch(epoch)
-            yield pending[: self.batch_size]
+            yield pending[: self.batch_size][self.rank :: self.world]
             pending = pending[self.batch_size :]
 
 

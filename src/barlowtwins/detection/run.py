@@ -29,10 +29,12 @@ FORMAT = "barlowtwins-detection/1"
 
 
 class DetectRun:
-    """Used as a context manager around the fine-tuning loop (closes the logs, releases the lock)."""
+    """Used as a context manager around the fine-tuning loop (closes the logs, releases the lock). Under
+    torchrun only the main process (``main``) takes the directory and writes; the others only read the
+    checkpoint to resume from, after the main process has taken the directory."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, main: bool = True):
+        self.path, self.main = Path(path), main
         self._lock = RunLock(self.path)
         self._metrics = self._writer = None
         self.saved_step: int | None = None
@@ -40,6 +42,8 @@ class DetectRun:
     def start(self, config: DetectConfig, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Take the directory; resume from ``detector.pt`` (returns its ``step``, ``train_seconds``,
         ``total_steps``) or write ``config.yaml`` and ``meta.json`` of a new run."""
+        if not self.main:
+            return self._resume(config, model, optimizer) or {"step": 0, "train_seconds": 0.0, "total_steps": None}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -48,12 +52,21 @@ class DetectRun:
             raise BarlowTwinsError(
                 f"cannot write the run directory {self.path} ({error.strerror}); pass another --out"
             ) from None
-        checkpoint = self.path / CHECKPOINT
-        if not checkpoint.is_file():
+        progress = self._resume(config, model, optimizer)
+        if progress is None:
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
             return {"step": 0, "train_seconds": 0.0, "total_steps": None}
+        self._truncate_metrics(progress["step"])
+        print(f"resuming {self.path} from step {progress['step']}", flush=True)
+        return progress
+
+    def _resume(self, config: DetectConfig, model: nn.Module, optimizer) -> dict[str, Any] | None:
+        """Load ``detector.pt`` into the model and optimiser (None when there is none), refusing other settings."""
+        checkpoint = self.path / CHECKPOINT
+        if not checkpoint.is_file():
+            return None
         state = load_file(checkpoint)
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise BarlowTwinsError(f"{checkpoint} is not a detection checkpoint; pass another --out")
@@ -67,8 +80,6 @@ class DetectRun:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         self.saved_step = state["step"]
-        self._truncate_metrics(state["step"])
-        print(f"resuming {self.path} from step {state['step']}", flush=True)
         return {key: state[key] for key in ("step", "train_seconds", "total_steps")}
 
     def _truncate_metrics(self, step: int) -> None:
@@ -78,6 +89,8 @@ class DetectRun:
             atomic_write_text("".join(line for line in lines if _logged_step(line) <= step), metrics)
 
     def __enter__(self) -> DetectRun:
+        if not self.main:
+            return self
         from torch.utils.tensorboard import SummaryWriter
 
         self._metrics = open(self.path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in __exit__)
@@ -85,12 +98,16 @@ class DetectRun:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if not self.main:
+            return
         self._metrics.close()
         self._writer.close()
         self._lock.release()
 
     def log(self, record: dict[str, Any]) -> None:
-        """One metrics.jsonl line; its numbers as TensorBoard scalars under ``detect/``."""
+        """One metrics.jsonl line; its numbers as TensorBoard scalars under ``detect/`` (main process only)."""
+        if not self.main:
+            return
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
         for key, value in record.items():
@@ -98,7 +115,10 @@ class DetectRun:
                 self._writer.add_scalar(f"detect/{key}", value, record["step"])
 
     def save(self, model: nn.Module, optimizer, config: DetectConfig, step: int, seconds: float, total: int) -> None:
-        """Rewrite ``detector.pt`` atomically; a failed write leaves the previous checkpoint intact."""
+        """Rewrite ``detector.pt`` atomically; a failed write leaves the previous checkpoint intact. Main only."""
+        if not self.main:
+            self.saved_step = step
+            return
         state = {
             "format": FORMAT,
             "model": model.state_dict(),

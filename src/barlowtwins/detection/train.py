@@ -89,28 +89,50 @@ def build(c: DetectConfig, classes: int) -> tuple[torch.nn.Module, dict[str, Any
 
 
 def detect(config: DetectConfig) -> dict[str, Any]:
-    """Fine-tune and evaluate as ``config`` says; returns the report also written to ``out/eval/detection.json``."""
-    if distributed.launched_by_torchrun():
-        raise BarlowTwinsError("barlowtwins detect runs on one process for now; start it without torchrun")
+    """Fine-tune and evaluate as ``config`` says; returns the report also written to ``out/eval/detection.json``
+    (under torchrun: on the main process; the others return an empty report)."""
     torch.set_flush_denormal(True)  # fresh heads make denormal floats: steps 2-8x slower without (anchors.md)
     c, device = config, select_device(config.device)
+    local_rank = distributed.init_from_environment(device.type)
+    if device.type == "cuda" and distributed.is_distributed():
+        device = torch.device("cuda", local_rank)
+    world = distributed.world_size()
+    if c.batch_size % world:
+        raise BarlowTwinsError(f"batch_size {c.batch_size} must be divisible by the {world} processes; change it")
     train, test = _load_data(c)
     detector, info = build(c, len(train.classes))
+    if distributed.is_distributed() and c.norm == "sync":
+        detector = distributed.convert_sync_batchnorm(detector, device.type)  # C.2's SyncBatchNorm
     detector.to(device)
     optimizer = _optimizer(detector, c)
-    run = DetectRun(c.out)
-    progress = run.start(c, detector, optimizer)
+    run = DetectRun(c.out, main=distributed.is_main_process())
+    progress = _start(run, c, detector, optimizer)
+    trainer = detector
+    if distributed.is_distributed():
+        ids = [local_rank] if device.type == "cuda" else None
+        trainer = torch.nn.parallel.DistributedDataParallel(detector, device_ids=ids)
     with run:
-        seconds, steps = _fine_tune(c, detector, optimizer, run, train, progress, device)
+        seconds, steps = _fine_tune(c, trainer, detector, optimizer, run, train, progress, device)
+        # Leave the process group before the main process evaluates alone (others waiting would time out).
+        distributed.barrier()
+        distributed.shutdown()
+        if not run.main:
+            return {}
         report = evaluate(c, detector, test, device, run.path / "eval")
-        report.update(
-            train_set=train.summary(), backbone=_describe(info), steps=steps, train_minutes=round(seconds / 60, 2)
-        )
-        report.update(time_budget=c.time_budget, config=c.to_dict(), meta=run_metadata())
+        report.update(train_set=train.summary(), backbone=_describe(info), steps=steps)
+        report.update(train_minutes=round(seconds / 60, 2), time_budget=c.time_budget)
+        report.update(processes=world, config=c.to_dict(), meta=run_metadata())
         run.log({"step": steps, **{f"{k}_{m}": v for k in ("bbox", "segm") for m, v in report.get(k, {}).items()}})
-    atomic_write_text(_json(report), run.path / "eval" / "detection.json")
+        atomic_write_text(_json(report), run.path / "eval" / "detection.json")
     print(_headline(report), flush=True)
     return report
+
+
+def _start(run: DetectRun, c: DetectConfig, detector, optimizer) -> dict[str, Any]:
+    """``run.start`` on the main process first (it takes the directory), then on the others (they resume)."""
+    progress = run.start(c, detector, optimizer) if run.main else None
+    distributed.barrier()
+    return progress if run.main else run.start(c, detector, optimizer)
 
 
 def _describe(info: dict[str, Any]) -> dict[str, Any]:
@@ -120,21 +142,27 @@ def _describe(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fine_tune(c, detector, optimizer, run: DetectRun, train: DetectionSet, progress, device) -> tuple[float, int]:
-    """The training loop; returns (training seconds over all sessions, steps done)."""
+def _fine_tune(
+    c, trainer, detector, optimizer, run: DetectRun, train: DetectionSet, progress, device
+) -> tuple[float, int]:
+    """The training loop (``trainer``: the detector, or its DDP wrapper); returns (training seconds over all
+    sessions, steps done). Each process trains on its share of every global batch."""
     step = progress["step"]
-    budget = Budget(parse_duration(c.time_budget), c.steps, progress["train_seconds"], progress["total_steps"])
+    agree = distributed.broadcast_object if distributed.is_distributed() else None  # the main process's plan
+    budget = Budget(parse_duration(c.time_budget), c.steps, progress["train_seconds"], progress["total_steps"], agree)
+    rank, world = distributed.rank(), distributed.world_size()
     loader = torch.utils.data.DataLoader(
         DetectionDataset(train, masks=c.model == "mask_rcnn", train=True),
-        batch_sampler=StepBatches(len(train.images), c.batch_size, c.seed, step),
+        batch_sampler=StepBatches(len(train.images), c.batch_size, c.seed, step, rank=rank, world=world),
         collate_fn=collate,
         num_workers=c.workers,
         persistent_workers=False,
     )
     batches = iter(loader)
-    seed_everything(c.seed + 1 + step)  # the transform's resize draws differ per step, and repeat on resume
-    bar = tqdm(total=budget.total_steps, initial=step, unit="step", mininterval=1 if sys.stderr.isatty() else 30)
-    detector.train()
+    seed_everything(c.seed + 1 + step + 1_000_003 * rank)  # resize draws differ per step and process, repeat on resume
+    interval = 1 if sys.stderr.isatty() else 30
+    bar = tqdm(total=budget.total_steps, initial=step, unit="step", mininterval=interval, disable=not run.main)
+    trainer.train()
     watch, budget_started = FiniteWatch(step), False
     with bar, Preemption(device, c.log_every) as preemption:
         while step < budget.total_steps:
@@ -146,9 +174,7 @@ def _fine_tune(c, detector, optimizer, run: DetectRun, train: DetectionSet, prog
             factor = lr_factor(step, budget.total_steps, c.steps, c.milestones, warmup, c.warmup_factor, c.gamma)
             for group in optimizer.param_groups:
                 group["lr"] = c.lr * factor
-            losses = detector(
-                [i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
-            )
+            losses = trainer([i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets])
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
