@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from barlowtwins.errors import BarlowTwinsError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -50,6 +52,17 @@ def init_from_environment(device_type: str) -> int:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return local_rank
+
+
+def join(device: torch.device, batch_size: int) -> tuple[torch.device, int]:
+    """Join torchrun's process group (if any) for training on ``device`` with a global ``batch_size``: this
+    process's device (its own GPU) and local rank; a one-line error when the batch does not split evenly."""
+    local_rank = init_from_environment(device.type)
+    if device.type == "cuda" and is_distributed():
+        device = torch.device("cuda", local_rank)
+    if batch_size % world_size():
+        raise BarlowTwinsError(f"batch size {batch_size} must be divisible by the {world_size()} processes")
+    return device, local_rank
 
 
 def shutdown() -> None:

@@ -92,13 +92,9 @@ def detect(config: DetectConfig) -> dict[str, Any]:
     """Fine-tune and evaluate as ``config`` says; returns the report also written to ``out/eval/detection.json``
     (under torchrun: on the main process; the others return an empty report)."""
     torch.set_flush_denormal(True)  # fresh heads make denormal floats: steps 2-8x slower without (anchors.md)
-    c, device = config, select_device(config.device)
-    local_rank = distributed.init_from_environment(device.type)
-    if device.type == "cuda" and distributed.is_distributed():
-        device = torch.device("cuda", local_rank)
-    world = distributed.world_size()
-    if c.batch_size % world:
-        raise BarlowTwinsError(f"batch_size {c.batch_size} must be divisible by the {world} processes; change it")
+    c = config
+    device, local_rank = distributed.join(select_device(c.device), c.batch_size)
+    world = distributed.world_size()  # (the process group is left before evaluating)
     train, test = _load_data(c)
     detector, info = build(c, len(train.classes))
     if distributed.is_distributed() and c.norm == "sync":

@@ -177,13 +177,7 @@ def _checkpoint_due(step: int, total: int, steps_per_epoch: int, every: int) -> 
 
 def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
     t, d = config.train, config.data
-    device = select_device(t.device)
-    local_rank = distributed.init_from_environment(device.type)
-    if device.type == "cuda" and distributed.is_distributed():
-        device = torch.device("cuda", local_rank)
-    world = distributed.world_size()
-    if t.batch_size % world:
-        raise BarlowTwinsError(f"batch size {t.batch_size} must be divisible by the {world} processes")
+    device, local_rank = distributed.join(select_device(t.device), t.batch_size)
     source = open_source(d.train, d.root, d.download, d.limit)
     if source.num_samples < t.batch_size:
         raise BarlowTwinsError(
