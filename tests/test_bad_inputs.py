@@ -101,6 +101,12 @@ def existing_run(tmp_path) -> Path:
         (["--epochs", "-1"], "train.epochs must be at least 1"),
         (["--set", "augment.crop_scale=[0.5,0.2]"], "augment.crop_scale must satisfy 0 < low <= high <= 1"),
         (["--set", "augment.small_crop_scale=[0,0.4]"], "augment.small_crop_scale must satisfy 0 < low <= high"),
+        (["--lambd", "inf"], "loss.lambd must be a finite number (got inf)"),
+        (["--lr", "inf"], "optim.lr_weights must be a finite number (got inf)"),
+        (["--set", "optim.warmup_epochs=.nan"], "optim.warmup_epochs must be a finite number"),
+        (["--device", "banana"], "device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
+        (["--set", "data.crops=fast"], "data.crops must be one of auto, sample, batch"),
+        (["--set", "model.arch=[a"], "the value is not valid YAML"),
     ],
 )
 def test_out_of_range_pretrain_settings(existing_run, capsys, argv, message):
@@ -266,3 +272,10 @@ def test_knn_k_larger_than_the_bank_is_clipped_and_reported(tmp_path, weights, c
     report = json.loads(out.read_text())
     assert report["k_clipped_to_bank"] == {"50": 12}
     assert set(report["results"]["pretrained"]["top1"]) == {"50", "5"}
+
+
+def test_malformed_yaml_recipe_is_named_with_its_line(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model:\n  arch: resnet18\ntrain:\n  epochs: [1\n")
+    line = error_line(capsys, "pretrain", "--recipe", str(recipe), "--data", "digits", "--out", str(tmp_path / "o"))
+    assert f"recipe {recipe} is not valid YAML at line 5" in line and not (tmp_path / "o").exists()

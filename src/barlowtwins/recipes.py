@@ -145,7 +145,13 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         raise BarlowTwinsError(
             f"no recipe '{name_or_path}'; use one of {', '.join(recipe_names())} or a path to a YAML file"
         )
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise BarlowTwinsError(f"recipe {path} is not valid YAML{where} ({problem}); fix the file") from None
     if not isinstance(loaded, dict):
         raise BarlowTwinsError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
     return loaded
@@ -169,7 +175,13 @@ def parse_override(text: str) -> dict[str, Any]:
         raise BarlowTwinsError(f"override '{text}' must look like section.key=value, e.g. optim.lr_weights=0.3")
     if raw.strip().lower() in YAML_11_WORDS:  # YAML reads "off" as false; boolean fields still accept the words
         return override(key, raw.strip())
-    return override(key, yaml.safe_load(raw) if raw.strip() else "")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise BarlowTwinsError(
+            f"override '{text}': the value is not valid YAML; quote it or write a list as [a, b]"
+        ) from None
+    return override(key, value)
 
 
 def make_config(recipe: str | None = None, overrides: list[dict[str, Any]] | None = None) -> PretrainConfig:

@@ -25,7 +25,12 @@ def select_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU; otherwise the named device, which must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BarlowTwinsError(f"device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BarlowTwinsError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BarlowTwinsError(f"device '{name}' asked for, but CUDA is not available; use --device cpu or auto")
     return device

@@ -7,6 +7,7 @@ a bad value stops a run before any data is read. Like :mod:`barlowtwins.config`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from barlowtwins.config import (
@@ -129,12 +130,14 @@ def check_ranges(settings: Any, section: str = "", flags: bool = False) -> None:
     every element), naming the setting (``section.field``, or ``--field`` for ``flags``) and the range."""
     for f in dataclasses.fields(settings):
         value, rule = getattr(settings, f.name), RANGES.get(f.name)
-        if rule is None or isinstance(value, bool):
+        if isinstance(value, bool):
             continue
         values = value if isinstance(value, (tuple, list)) else (value,)
         numbers = [v for v in values if v is None or isinstance(v, (int, float))]
-        if not all(rule[0](v) for v in numbers):
-            name = "--" + f.name.replace("_", "-") if flags else f"{section}.{f.name}" if section else f.name
+        name = "--" + f.name.replace("_", "-") if flags else f"{section}.{f.name}" if section else f.name
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise BarlowTwinsError(f"{name} must be a finite number (got {value!r})")
+        if rule is not None and not all(rule[0](v) for v in numbers):
             raise BarlowTwinsError(f"{name} must be {rule[1]} (got {value!r})")
 
 
