@@ -279,3 +279,20 @@ def test_malformed_yaml_recipe_is_named_with_its_line(tmp_path, capsys):
     recipe.write_text("model:\n  arch: resnet18\ntrain:\n  epochs: [1\n")
     line = error_line(capsys, "pretrain", "--recipe", str(recipe), "--data", "digits", "--out", str(tmp_path / "o"))
     assert f"recipe {recipe} is not valid YAML at line 5" in line and not (tmp_path / "o").exists()
+
+
+def test_a_wrong_eval_data_fails_before_the_run_directory_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = error_line(capsys, *PRETRAIN, "--data", "digits", "--eval-data", "none", "--out", str(out))
+    assert "--eval-data: no such file or directory: none" in line and not out.exists()
+
+
+def test_an_architecture_that_contradicts_the_weights_is_refused(tmp_path, capsys):
+    """``--arch`` / ``--small-stem`` for weights that record other values: an error naming both, not ignored."""
+    run = tmp_path / "run"
+    assert main([*PRETRAIN, "--data", "digits", "--limit", "16", "--out", str(run), "--set", "data.eval=[]"]) == 0
+    knn = ["knn", "--checkpoint", str(run), "--train-data", "digits", "--test-data", "digits:test", "--limit", "64"]
+    line = error_line(capsys, *knn, "--arch", "resnet50")
+    assert "arch 'resnet50' contradicts" in line and "arch 'resnet18'" in line
+    line = error_line(capsys, *knn, "--no-small-stem")
+    assert "small_stem False contradicts" in line and "small_stem True" in line

@@ -122,6 +122,8 @@ def load_backbone(
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         model_config = saved_model_settings(state["config"])
+        _refuse_contradiction(path, "arch", arch, model_config["arch"])
+        _refuse_contradiction(path, "small_stem", small_stem, model_config["small_stem"])
         backbone, dim, _ = backbone or build_backbone(
             model_config["arch"], model_config["small_stem"], model_config["stem_stride"]
         )
@@ -133,6 +135,7 @@ def load_backbone(
     sidecar = Path(path).with_suffix(".json") if path is not None else None
     saved = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
     if saved:
+        _refuse_contradiction(path, "arch", arch, saved.get("arch"))
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
         stem_stride = saved.get("stem_stride") if stem_stride is None else stem_stride
@@ -151,6 +154,15 @@ def load_backbone(
             raise BarlowTwinsError(f"{path} holds no state_dict ({type(state).__name__})")
         load_weights_into(backbone, state, str(path))
     return backbone, dim, info
+
+
+def _refuse_contradiction(path, name: str, given, saved) -> None:
+    """A setting passed for weights that record another value of it is an error naming both."""
+    if given is not None and saved is not None and given != saved:
+        raise BarlowTwinsError(
+            f"{name} {given!r} contradicts {path}, whose weights are {name} {saved!r}; leave {name} unset "
+            "(--" + name.replace("_", "-") + ") or pass other weights"
+        )
 
 
 def load_projector(path: str | Path, feature_dim: int) -> nn.Module:

@@ -179,6 +179,8 @@ def _setup(config: PretrainConfig, backbone: Backbone | None = None) -> _Setup:
     t, d = config.train, config.data
     device, local_rank = distributed.join(select_device(t.device), t.batch_size)
     source = open_source(d.train, d.root, d.download, d.limit)
+    if d.eval:  # a wrong --eval-data fails here, before the run directory is written, not after training
+        open_source(d.eval, d.root, d.download, 1, what="--eval-data")
     if source.num_samples < t.batch_size:
         raise BarlowTwinsError(
             f"batch size {t.batch_size} is larger than the dataset ({source.num_samples} samples); lower --batch-size"
