@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from barlowtwins import distributed
 from barlowtwins.data import cache
-from barlowtwins.data.loaders import ShardedEpochSampler, batch_seed
-from barlowtwins.data.sources import Samples
+from barlowtwins.data.loaders import ShardedEpochSampler, batch_seed, training_batches
+from barlowtwins.data.sources import ImageSource, Samples
 
 
 class Cropped(Dataset):
@@ -112,3 +113,37 @@ def cropped_training_batches(
                 crops = tuple(c.to(device, non_blocking=True) for c in crops)
                 views = colour(crops, collate.generator(tag))
             yield views, labels, ids
+
+
+class _Cropping:
+    """Worker-side transform of streamed samples: every view's crop of a decoded image (the worker's torch RNG)."""
+
+    def __init__(self, crop: Callable):
+        self.crop = crop
+
+    def __call__(self, image) -> tuple[torch.Tensor, ...]:
+        return self.crop(image, (image.height, image.width), "", None)
+
+
+def streamed_cropped_batches(
+    source: ImageSource,
+    crop: Callable,
+    colour: Callable,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: torch.device,
+    start_epoch: int = 0,
+    skip_batches: int = 0,
+    shuffle_buffer: int = 2000,
+) -> Iterator:
+    """As :func:`cropped_training_batches` for WebDataset shards streamed without a store: each image decoded as
+    it streams and cropped in the worker, ``colour`` on ``device`` with the generator of the batch's position
+    (streams are reshuffled on resume, as :func:`loaders.training_batches` says)."""
+    stream = training_batches(
+        source, _Cropping(crop), batch_size, workers, seed, device, start_epoch, skip_batches, shuffle_buffer
+    )
+    collate = Collate(colour, seed, distributed.rank())
+    for batch, (crops, labels, ids) in zip(itertools.count(skip_batches), stream):
+        crops = tuple(c.to(device, non_blocking=True) for c in crops)
+        yield colour(crops, collate.generator((start_epoch, batch))), labels, list(ids)

@@ -66,7 +66,8 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
 def decode(file: str | Path | bytes, name: str) -> Image.Image:
     """The whole image at ``file`` (a path or encoded bytes) as 8-bit RGB."""
     with open_image(file, name) as image:
-        return to_rgb(image, name).copy()
+        rgb = to_rgb(image, name)
+        return rgb.copy() if rgb is image else rgb  # closing the file frees the opened image, not a converted one
 
 
 def _to_8bit(array: np.ndarray, mode: str) -> np.ndarray:

@@ -16,8 +16,7 @@ three ways, chosen from the data:
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,8 @@ from barlowtwins.data import (
     training_batches,
 )
 from barlowtwins.data.cache import DecodedImages
-from barlowtwins.data.cropped import cropped_training_batches
-from barlowtwins.data.loaders import batch_seed, cached_training_batches, decoded, store_mode
+from barlowtwins.data.cropped import cropped_training_batches, streamed_cropped_batches
+from barlowtwins.data.loaders import cached_training_batches, decoded, store_mode
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import select_device
 from barlowtwins.views import pair_settings, two_views
@@ -108,8 +107,9 @@ def view_batches(
         raise BarlowTwinsError("data.crops=batch crops stored images: set data.cache (not off), or data.crops=auto")
     crop = CropViews(views.crop_specs())
     if images is None and source.samples is None:  # streamed shards, decoded as they stream
-        stream = training_batches(source, _Cropping(crop), per_process, workers, t.seed, device, start_epoch, skip)
-        return _coloured(stream, views.colour, t.seed, start_epoch, skip, device)
+        return streamed_cropped_batches(
+            source, crop, views.colour, per_process, workers, t.seed, device, start_epoch, skip, d.shuffle_buffer
+        )
     pixels = images if images is not None else source.samples
     return cropped_training_batches(pixels, crop, views.colour, per_process, workers, t.seed, device, start_epoch, skip)
 
@@ -122,24 +122,6 @@ class _StoredImages:
 
     def __getitem__(self, index: int) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(self.images.image(index)))
-
-
-class _Cropping:
-    """Worker-side transform of streamed samples: every view's crop of a decoded image (torch's worker RNG)."""
-
-    def __init__(self, crop: CropViews):
-        self.crop = crop
-
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
-        return self.crop(image, (image.height, image.width), "", None)
-
-
-def _coloured(stream: Iterator, colour: Callable, seed: int, epoch: int, skip: int, device: torch.device) -> Iterator:
-    """Streamed batches of uint8 crops -> views, each batch's colour generator seeded by its position."""
-    rank = distributed.rank()
-    for batch, (crops, labels, ids) in zip(itertools.count(skip), stream):
-        generator = torch.Generator().manual_seed(batch_seed(seed, epoch, batch, rank))
-        yield colour(tuple(c.to(device, non_blocking=True) for c in crops), generator), labels, list(ids)
 
 
 def draw_views(
