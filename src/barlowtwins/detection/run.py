@@ -22,7 +22,7 @@ from barlowtwins.config import DETECT_RESUMABLE, DetectConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten
 from barlowtwins.runtime import package_version, run_metadata
-from barlowtwins.train.run_dir import RunLock, _logged_step
+from barlowtwins.train.run_dir import RunLock, truncate_metrics
 
 CHECKPOINT = "detector.pt"
 FORMAT = "barlowtwins-detection/1"
@@ -58,7 +58,7 @@ class DetectRun:
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
             return {"step": 0, "train_seconds": 0.0, "total_steps": None}
-        self._truncate_metrics(progress["step"])
+        truncate_metrics(self.path / "metrics.jsonl", progress["step"])
         print(f"resuming {self.path} from step {progress['step']}", flush=True)
         return progress
 
@@ -81,12 +81,6 @@ class DetectRun:
         optimizer.load_state_dict(state["optimizer"])
         self.saved_step = state["step"]
         return {key: state[key] for key in ("step", "train_seconds", "total_steps")}
-
-    def _truncate_metrics(self, step: int) -> None:
-        metrics = self.path / "metrics.jsonl"
-        if metrics.is_file():
-            lines = metrics.read_text().splitlines(keepends=True)
-            atomic_write_text("".join(line for line in lines if _logged_step(line) <= step), metrics)
 
     def __enter__(self) -> DetectRun:
         if not self.main:

@@ -59,6 +59,16 @@ class RunLock:
             self._handle = None
 
 
+def truncate_metrics(metrics: Path, step: int) -> None:
+    """Drop the lines of ``metrics`` (a metrics.jsonl) logged after the checkpoint's ``step`` (the resumed run
+    logs those steps again) and a line cut short by a kill."""
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text("".join(kept), metrics)
+
+
 def _logged_step(line: str) -> float:
     """The step of a metrics.jsonl line; infinity for a line that is not a whole record."""
     try:
@@ -96,14 +106,7 @@ class RunDir:
         return None
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the lines logged after the checkpoint's ``step`` (the resumed run logs those steps again) and
-        a line cut short by a kill."""
-        metrics = self.path / "metrics.jsonl"
-        if metrics.is_file():
-            lines = metrics.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if _logged_step(line) <= step]
-            if len(kept) != len(lines):
-                atomic_write_text("".join(kept), metrics)
+        truncate_metrics(self.path / "metrics.jsonl", step)
 
     def start(
         self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
