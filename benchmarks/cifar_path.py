@@ -2,7 +2,7 @@
 
 The previous loop called ``loaders.cached_training_batches`` on a square store of the images at the view size;
 today's loop calls ``train.inputs.view_batches``, which stores images whole and, for images of one small shape
-stored as they are (CIFAR-10), takes the same whole-batch path (tests/test_fullsize.py checks the batches are
+stored as they are (CIFAR-10), takes the same whole-batch path (tests/data/test_fullsize.py checks the batches are
 bit for bit the previous ones). This times both, alternating, on the same data and settings (the ``cifar10-cpu``
 recipe's views, batch 128), data + views alone, and prints pairs/s and their ratio.
 

@@ -48,6 +48,8 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
+from barlowtwins.runtime import usable_cpus
+
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon" / "JPEGImages"
 # ImageNet's most common sizes (width, height) and roughly how often they occur among its training images
 IMAGENET_SIZES = [
@@ -111,7 +113,7 @@ def _write_photo(job: tuple[int, int, str]) -> None:
 def imagenet_like_jpegs(directory: str | Path, count: int, seed: int = 0, processes: int | None = None) -> list[Path]:
     """Write ``count`` photo-like JPEGs at ImageNet's typical sizes into ``directory`` (in parallel); their paths."""
     jobs = [(i, seed, str(directory)) for i in range(count)]
-    with ProcessPoolExecutor(processes or os.cpu_count()) as pool:
+    with ProcessPoolExecutor(processes or usable_cpus()) as pool:
         list(pool.map(_write_photo, jobs, chunksize=16))
     return sorted(Path(directory).glob("photo-*.jpg"))
 

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from barlowtwins.batched_views import training_views
 from barlowtwins.data.cache import stored_image
 from barlowtwins.recipes import make_config, override
+from barlowtwins.runtime import usable_cpus
 from barlowtwins.train import loop
 from barlowtwins.views import two_views
 
@@ -286,7 +287,7 @@ def main() -> None:
     parser.add_argument("--skip-step", action="store_true", help="no ResNet-50 step")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*TorchVision are deprecated.*")
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or usable_cpus()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"$ python {shlex.join(['benchmarks/fullsize.py', *sys.argv[1:]])}")

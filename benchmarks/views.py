@@ -32,9 +32,10 @@ import torch
 from PIL import Image
 
 from barlowtwins.batched_views import batched_two_views
+from barlowtwins.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
 from barlowtwins.views import blur_kernel_size, two_views
 
-CIFAR_NORM = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+CIFAR_NORM = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD)
 # (label, input side, view side, blur_p per view)
 CASES = [
     ("32 px -> 32, no blur (CIFAR recipe)", 32, 32, (0.0, 0.0)),

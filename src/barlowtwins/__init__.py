@@ -7,6 +7,7 @@ The public names below are imported on first use, so ``import barlowtwins`` (and
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import Any
 
 _EXPORTS = {
@@ -20,7 +21,8 @@ _EXPORTS = {
     "LossTerms": "barlowtwins.losses.barlow_twins",
     "barlow_twins_loss": "barlowtwins.losses.barlow_twins",
     "barlow_twins_terms": "barlowtwins.losses.barlow_twins",
-    "Backbone": "barlowtwins.models.backbones",
+    "Backbone": "barlowtwins.models.base",
+    "as_backbone": "barlowtwins.models.backbones",
     "build_backbone": "barlowtwins.models.backbones",
     "build_projector": "barlowtwins.models.heads",
     "LARS": "barlowtwins.optim",
@@ -39,8 +41,18 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
+try:
+    __version__ = metadata.version("barlowtwins")
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'barlowtwins' has no attribute '{name}'")
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    """The lazily imported public names too, so ``dir()`` and tab completion show them."""
+    return sorted({*globals(), *_EXPORTS})

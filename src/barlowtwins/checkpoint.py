@@ -1,28 +1,39 @@
 """Checkpoints: ``weights_only`` loading, foreign state_dicts and the projector (export: :mod:`barlowtwins.export`).
 
 A checkpoint is a plain dict of tensors and Python scalars, so ``torch.load(..., weights_only=True)``
-reads it without unpickling code. It is written with :func:`barlowtwins.atomic.atomic_save`: a crash
-mid-write leaves the previous checkpoint intact.
+reads it without unpickling code. Runs write it with :func:`save_rotating`, which keeps the one it replaces
+beside it (``checkpoint.pt`` and ``checkpoint.prev.pt``); :func:`resume_state` reads the newest one that is
+whole (zip checksums, format, finite tensors), says which file it skipped and why, and falls back on the other.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from barlowtwins.atomic import rotate_save, rotation_temporary
 from barlowtwins.config import ModelConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.models.backbones import Backbone, build_backbone
 from barlowtwins.models.heads import build_projector
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "barlowtwins-checkpoint/1"
+TRAINING = "a training checkpoint made by 'barlowtwins pretrain'"  # what a file of FORMAT is, in messages
+REQUIRED = ("model", "optimizer", "step", "config")  # the entries every run's checkpoint has, to resume from
+WEIGHTS = ("model", "config")  # the entries exporting and evaluating read
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -46,25 +57,148 @@ def load_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if not _torch_file(Path(path)):  # random bytes, text, a file cut short: not a pickle of objects
+            raise BarlowTwinsError(f"cannot load {path} ({_unreadable(Path(path))}); replace it") from None
         raise BarlowTwinsError(
             f"cannot load {path} (UnpicklingError: it holds Python objects beside tensors"
             + (f", e.g. {found.group(1)}" if found else "")
             + ", which could run code when loaded); save a plain state_dict: torch.save(model.state_dict(), path)"
         ) from None
     except Exception as error:
-        raise BarlowTwinsError(f"cannot load {path} ({type(error).__name__}: {' '.join(str(error).split())})") from None
+        if Path(path).is_file() and not str(path).endswith(".safetensors") and not zipfile.is_zipfile(path):
+            raise BarlowTwinsError(f"cannot load {path} ({_unreadable(Path(path))}); replace it") from None
+        raise BarlowTwinsError(f"cannot load {path} ({_error_text(error)})") from None
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: first sentence`` of an exception, on one line (torch's miniz errors run to a paragraph)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text.split('. ')[0][:200]}" if text else type(error).__name__
+
+
+def _torch_file(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` writes: a zip archive, or (before torch 1.6) a protocol-2 pickle."""
+    with open(path, "rb") as handle:
+        return zipfile.is_zipfile(handle) or (handle.seek(0) == 0 and handle.read(2) == b"\x80\x02")
+
+
+def _unreadable(path: Path) -> str:
+    """Why a file that is not a zip archive (torch's format) cannot be a checkpoint."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty, 0 bytes"
+    return f"it is truncated or corrupt: {size} bytes without the zip directory torch.save ends a file with"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A full training checkpoint (model, optimizer, progress, config) from a run dir or file."""
-    path = checkpoint_path(path)
-    state = load_file(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise BarlowTwinsError(
-            f"{path} is not a training checkpoint made by 'barlowtwins pretrain' (a plain state_dict holds "
-            "weights only); pass the run directory"
-        )
+    """A full training checkpoint (model, optimizer, progress, config) from a run dir or file; for a run dir the
+    newest whole one of ``checkpoint.pt`` and ``checkpoint.prev.pt`` (:func:`resume_state`, saying which)."""
+    if Path(path).is_dir():
+        state, note = resume_state(Path(path) / CHECKPOINT_NAME, FORMAT, TRAINING, required=WEIGHTS)
+        if note:
+            logger.warning(note)
+    else:
+        state, why = read_checkpoint(checkpoint_path(path), FORMAT, TRAINING, WEIGHTS)
+        if state is None:
+            raise BarlowTwinsError(f"{path} {why}; pass the run directory")
+    if state is None:
+        checkpoint_path(path)  # raises: no checkpoint there
     return state
+
+
+def previous_path(path: str | Path) -> Path:
+    """The previous checkpoint kept beside ``path``: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_rotating(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path``, keeping the checkpoint it replaces as :func:`previous_path` (atomic)."""
+    rotate_save(state, path, previous_path(path))
+
+
+def read_checkpoint(
+    path: Path, fmt: str, kind: str, required: tuple[str, ...] = REQUIRED
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state, None)`` if ``path`` is a whole checkpoint of format ``fmt``; else ``(None, why)``, ``why`` a
+    phrase after the file name ("is truncated ..."). Checks the zip checksums, the format, the ``required``
+    entries and that every floating-point tensor of the model and optimiser is finite."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None, f"cannot be read: {_unreadable(path)}"
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            return None, f"is corrupt: the checksum of its entry {damaged} does not match"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except Exception as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:
+            return None, f"holds Python objects beside tensors (e.g. {found.group(1)}), refused unloaded"
+        return None, f"cannot be loaded ({_error_text(error)})"
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        return None, f"is not {kind} (a plain state_dict holds weights only)"
+    missing = [key for key in required if key not in state]
+    if missing or not isinstance(state["model"], dict) or not isinstance(state.get("optimizer", {}), dict):
+        return None, f"is not {kind}: it lacks {', '.join(missing) or 'the model and optimizer state_dicts'}"
+    bad = _first_non_finite(state)
+    return (None, f"holds non-finite values (in {bad})") if bad else (state, None)
+
+
+def _first_non_finite(state: dict[str, Any]) -> str | None:
+    """The name of the first model or optimiser tensor with a NaN or infinity, or None."""
+    named = list(state["model"].items())
+    for number, slots in state.get("optimizer", {}).get("state", {}).items():
+        named += [(f"optimizer state {number} {key}", value) for key, value in slots.items()]
+    for name, value in named:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def finish_rotation(path: Path, fmt: str, kind: str) -> str | None:
+    """Complete a :func:`save_rotating` killed between its two renames: ``path`` gone, the new checkpoint whole
+    in its temporary. Call it holding the run's lock, before removing temporaries; returns what it did."""
+    temporary = rotation_temporary(path)
+    if path.exists() or not temporary.is_file():
+        return None
+    state, _ = read_checkpoint(temporary, fmt, kind)
+    if state is None:
+        return None  # a write killed midway: the temporary is removed with the others
+    os.replace(temporary, path)
+    return f"completed the interrupted save of {path} (step {state['step']})"
+
+
+def resume_state(
+    path: Path, fmt: str, kind: str, set_aside: bool = False, required: tuple[str, ...] = REQUIRED
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest whole checkpoint of ``path`` and :func:`previous_path`: ``(state, note)``, ``note`` a line
+    saying which file was skipped and why; ``(None, None)`` when there is neither. ``set_aside`` (the main
+    process) renames a skipped unreadable ``path`` to ``NAME.bad``, so the next save keeps the good previous one.
+    Neither readable: a BarlowTwinsError naming each file and why, and which to move away."""
+    candidates = [p for p in (path, previous_path(path)) if p.is_file()]
+    problems: list[str] = [] if path.is_file() or not candidates else [f"{path.name} is missing"]
+    for candidate in candidates:
+        state, why = read_checkpoint(candidate, fmt, kind, required)
+        if state is None:
+            problems.append(f"{candidate.name} {why}")
+            continue
+        if not problems:
+            return state, None
+        note = f"{path.parent}: {problems[0]}; resuming from {candidate.name} (step {state['step']})"
+        if set_aside and candidate != path and path.is_file():
+            path.replace(path.with_name(path.name + ".bad"))
+            note += f", the unreadable file kept as {path.name}.bad"
+        return state, note
+    if not candidates:
+        return None, None
+    away = " and ".join(str(c) for c in candidates)
+    raise BarlowTwinsError(
+        f"no readable checkpoint in {path.parent} ({'; '.join(problems)}); move {away} away (e.g. mv "
+        f"{candidates[0]} {candidates[0]}.bad) to start the run over, or pass another --out"
+    )
 
 
 def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,6 +270,7 @@ def load_backbone(
     saved = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
     if saved:
         _refuse_contradiction(path, "arch", arch, saved.get("arch"))
+        _refuse_contradiction(path, "small_stem", small_stem, saved.get("small_stem"))
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
         stem_stride = saved.get("stem_stride") if stem_stride is None else stem_stride
@@ -159,10 +294,38 @@ def load_backbone(
 def _refuse_contradiction(path, name: str, given, saved) -> None:
     """A setting passed for weights that record another value of it is an error naming both."""
     if given is not None and saved is not None and given != saved:
+        flag = "--" + ("no-" if given is False else "") + name.replace("_", "-")
         raise BarlowTwinsError(
-            f"{name} {given!r} contradicts {path}, whose weights are {name} {saved!r}; leave {name} unset "
-            "(--" + name.replace("_", "-") + ") or pass other weights"
+            f"{name} {given!r} contradicts {path}, whose weights are {name} {saved!r}; drop {flag} "
+            "(the weights' own value is used) or pass other weights"
         )
+
+
+def refuse_other_image_size(path: str | Path, image_size: int | None) -> None:
+    """``--image-size`` for weights pretrained at another size is an error naming both. kNN, linear (appendix
+    B.1: 224 px crops of 224 px-pretrained weights) and semi-supervised evaluation see the pretraining size;
+    ``transfer`` and ``embed`` (other data, other sizes by design) do not call this. The size is read from the
+    run directory's config.yaml or an export's JSON sidecar, without loading weights; weights that record none
+    pass."""
+    saved = _recorded_image_size(Path(path))
+    if image_size is not None and saved is not None and image_size != saved:
+        raise BarlowTwinsError(
+            f"--image-size {image_size} contradicts {path}, pretrained on {saved} px views; drop --image-size "
+            "(kNN, linear and semi evaluate at the pretraining size), or use 'barlowtwins transfer' or 'embed' "
+            "for another size"
+        )
+
+
+def _recorded_image_size(path: Path) -> int | None:
+    """The pretraining image size a run directory, its checkpoint or an export records (None: none)."""
+    run = path if path.is_dir() else path.parent if path.name.startswith("checkpoint") else None
+    if run is not None and (run / "config.yaml").is_file():
+        saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("augment")
+    else:
+        sidecar = path.with_suffix(".json")
+        saved = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    size = saved.get("image_size") if isinstance(saved, dict) else None
+    return size if isinstance(size, int) else None
 
 
 def load_projector(path: str | Path, feature_dim: int) -> nn.Module:

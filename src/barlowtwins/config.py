@@ -15,8 +15,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalisation: the default, and for weights that carry none
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet's normalisation (torchvision's): the default, and for weights that carry none; others by name
+from barlowtwins.dataset_stats import IMAGENET_MEAN, IMAGENET_STD
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 VIEWS = ("batched", "pil")
 CACHES = ("auto", "memory", "disk", "off")
@@ -44,7 +45,7 @@ class DataConfig:
     download: bool = False  # torchvision sets are downloaded only when the user asks
     limit: int = 0  # use only the first N training samples (0: all); for smoke tests and tiny runs
     eval_limit: int = 0  # use only the first N samples of --eval-data (0: all)
-    workers: int = -1  # DataLoader worker processes; -1: one per CPU core, at most 8
+    workers: int = -1  # DataLoader worker processes; -1: one per CPU this process may use (affinity), at most 8
     shuffle_buffer: int = 2000  # WebDataset only: samples held for shuffling within a worker
     views: str = "batched"  # "batched": colour ops of a whole batch on the training device; "pil": all per sample
     cache: str = "auto"  # decoded images: "memory", "disk" (memory-mapped, once ever), "off" (decode every step),

@@ -26,7 +26,7 @@ ASPECT_RATIO = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
 # A JPEG is decoded at a reduced DCT scale only while every crop keeps this many decoded pixels per output pixel:
 # then the antialiased bicubic still halves it, and the crops differ from torchvision's on the full decode by
-# 0.4 / 255 on average, at most 3 / 255 (24 raccoon photos, tests/test_fullsize.py); at 1 they differ by up to 9.
+# 0.4 / 255 on average, at most 3 / 255 (24 raccoon photos, tests/data/test_fullsize.py); at 1 they differ by up to 9.
 DECODE_MARGIN = 2.0
 
 Range = tuple[float, float]

@@ -2,7 +2,8 @@
 
 Defaults live in :mod:`barlowtwins.config`; a recipe (``recipes/<name>.yaml``) holds only the values that
 differ; overrides (``--set section.key=value`` and the named flags) come last. Unknown keys and values of
-the wrong type are rejected at every level, so a typo cannot be silently ignored.
+the wrong type are rejected at every level, so a typo cannot be silently ignored. Any level may name a
+dataset's normalisation instead of spelling it out (``augment.normalize: cifar10``, :mod:`barlowtwins.dataset_stats`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from barlowtwins.config import RESUMABLE_CHANGES, OptimConfig, PretrainConfig, TrainConfig
+from barlowtwins.dataset_stats import normalization
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.validation import validate
 
@@ -54,6 +56,22 @@ def _resolve_auto_lr(values: dict[str, Any]) -> dict[str, Any]:
     if "lr_biases" not in optim or str(optim["lr_biases"]).lower() == AUTO:
         optim["lr_biases"] = float(f"{lr * OptimConfig.lr_biases / OptimConfig.lr_weights:.12g}")  # no 0.006000001
     return {**values, "optim": optim}
+
+
+def _resolve_normalize(values: dict[str, Any]) -> dict[str, Any]:
+    """``augment.normalize: cifar10`` -> that dataset's ``augment.mean`` and ``augment.std`` (dataset_stats).
+    Resolved within one layer (a recipe, one override), so a later layer's numbers or name still win."""
+    augment = values.get("augment")
+    if not isinstance(augment, dict) or "normalize" not in augment:
+        return values
+    rest = {k: v for k, v in augment.items() if k != "normalize"}
+    both = sorted({"mean", "std"} & set(rest))
+    if both:
+        raise BarlowTwinsError(
+            f"augment.normalize and augment.{both[0]} both given; keep one (normalize names a dataset's mean and std)"
+        )
+    mean, std = normalization(str(augment["normalize"]))
+    return {**values, "augment": {**rest, "mean": list(mean), "std": list(std)}}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -154,7 +172,7 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         raise BarlowTwinsError(f"recipe {path} is not valid YAML{where} ({problem}); fix the file") from None
     if not isinstance(loaded, dict):
         raise BarlowTwinsError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
-    return loaded
+    return _resolve_normalize(loaded)
 
 
 def override(key: str, value: Any) -> dict[str, Any]:
@@ -185,11 +203,50 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def make_config(recipe: str | None = None, overrides: list[dict[str, Any]] | None = None) -> PretrainConfig:
-    """Defaults <- recipe <- overrides (in order), validated into a frozen PretrainConfig."""
+    """Defaults <- recipe <- overrides (in order), validated into a frozen PretrainConfig.
+
+    Overrides that replace the recipe's training data drop its evaluation data too (:func:`dropped_eval`)."""
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    dropped = _replaced_eval(values, overrides or [])
     for override in overrides or []:
-        values = _merge(values, override)
+        values = _merge(values, _resolve_normalize(override))
+    if dropped:
+        values = {**values, "data": {k: v for k, v in values["data"].items() if k != "eval"}}
     return config_from_dict(_resolve_auto_lr(values))
+
+
+def dropped_eval(recipe: str | None, overrides: list[dict[str, Any]]) -> list[str]:
+    """The recipe's ``data.eval`` that :func:`make_config` drops because ``overrides`` replace its ``data.train``
+    without giving ``data.eval`` again: it belongs to the recipe's data (the demo's ``digits:test`` says nothing
+    about another folder). Empty when nothing is dropped."""
+    return _replaced_eval(load_recipe(recipe) if recipe else {}, overrides)
+
+
+def _as_list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _replaced_eval(recipe_values: dict[str, Any], overrides: list[dict[str, Any]]) -> list[str]:
+    data = recipe_values.get("data")
+    if not isinstance(data, dict) or not data.get("eval"):
+        return []
+    given = [o["data"] for o in overrides if isinstance(o.get("data"), dict)]
+    trains = [g["train"] for g in given if "train" in g]
+    if not trains or any("eval" in g for g in given) or _as_list(trains[-1]) == _as_list(data.get("train", [])):
+        return []
+    return _as_list(data["eval"])
+
+
+SMALL_DATA_RECIPES = ("cifar10-cpu", "demo")  # named when a dataset is too small for the batch
+
+
+def small_data_recipes() -> list[tuple[str, int, int]]:
+    """``(name, batch size, image size)`` of the recipes made for small data (:data:`SMALL_DATA_RECIPES`)."""
+    recipes = []
+    for name in SMALL_DATA_RECIPES:
+        config = make_config(name)
+        recipes.append((name, config.train.batch_size, config.augment.image_size))
+    return recipes
 
 
 def config_from_dict(values: dict[str, Any]) -> PretrainConfig:

@@ -21,6 +21,15 @@ from barlowtwins import distributed
 from barlowtwins.errors import BarlowTwinsError
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (``taskset``, cpusets of cgroups,
+    SLURM), else every core of the machine. Sizes worker pools; a machine's description still counts all cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 def select_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU; otherwise the named device, which must exist."""
     if name == "auto":
@@ -112,6 +121,7 @@ def run_metadata() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.system()}",
+        "usable_cpus": usable_cpus(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "world_size": distributed.world_size(),
         "command": " ".join(sys.argv),

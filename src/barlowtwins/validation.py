@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 from typing import Any
 
 from barlowtwins.config import (
@@ -79,6 +81,80 @@ def validate(config: PretrainConfig) -> None:
     parse_projector_spec(m.projector)
     for section in dataclasses.fields(config):
         check_ranges(getattr(config, section.name), section.name)
+    check_memory(config, available_memory())
+
+
+# Backbone output widths of the torchvision ResNets (the projector's input); other backbones count as 64, the least.
+FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+OPTIMIZER_STATE = {"lars": 1, "sgd": 1, "adamw": 2}  # fp32 numbers the optimiser keeps per parameter
+STEM_CHANNELS = 64  # the ResNet stem's output channels
+SMALLEST_BATCH = 2  # image pairs: the loss standardises along the batch, so no run takes fewer
+
+
+def projector_bytes(feature_dim: int, widths: list[int], optimizer: str) -> int:
+    """Training memory of a projector's linear layers (paper §2.2): weights, gradients and optimiser state, fp32."""
+    inputs = [feature_dim, *widths[:-1]]
+    parameters = sum(i * o + o for i, o in zip(inputs, widths, strict=True))
+    return parameters * 4 * (2 + OPTIMIZER_STATE.get(optimizer, 2))
+
+
+def activation_bytes_per_image(image_size: int, arch: str, small_stem: bool, stem_stride: int) -> int:
+    """A lower bound of the activations one image keeps for the backward pass: the fp32 input and, for a ResNet,
+    the stem convolution's and batch norm's outputs (the layers after them only add to it)."""
+    pixels = image_size * image_size
+    if arch not in FEATURE_DIMS:
+        return 4 * 3 * pixels
+    stride = stem_stride if small_stem else 2
+    return 4 * (3 * pixels + 2 * STEM_CHANNELS * pixels // (stride * stride))
+
+
+def check_memory(config: PretrainConfig, available: int | None) -> None:
+    """Refuse a projector or image size whose memory estimate exceeds twice the ``available`` bytes (None:
+    unknown, no check): such a run cannot start, and would fail deep in an allocation instead of here."""
+    if available is None:
+        return
+    m, a = config.model, config.augment
+    widths = parse_projector_spec(m.projector)
+    needed = projector_bytes(FEATURE_DIMS.get(m.arch, 64), widths, config.optim.optimizer)
+    if needed > 2 * available:
+        raise BarlowTwinsError(
+            f"projector {m.projector} needs ~{_size(needed)} for its weights, gradients and optimizer state; this "
+            f"machine has {_size(available)} available: use a narrower projector (the paper's is 8192-8192-8192)"
+        )
+    per_image = activation_bytes_per_image(a.image_size, m.arch, m.small_stem, m.stem_stride)
+    needed = per_image * 2 * SMALLEST_BATCH  # two views of each image
+    if needed > 2 * available:
+        raise BarlowTwinsError(
+            f"image size {a.image_size} needs ~{_size(per_image)} of activations per view (~{_size(needed)} for "
+            f"the smallest batch, 2 pairs); this machine has {_size(available)} available: use a smaller "
+            "--image-size (the paper's is 224)"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes a run can use: the host's available memory (Linux /proc/meminfo, else sysconf), or a CUDA device's
+    total memory when more and torch is already loaded; None when neither is known."""
+    host = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo if ":" in line)
+        host = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            host = None
+    torch = sys.modules.get("torch")  # never imported here: this module stays free of torch
+    device = 0
+    if torch is not None and torch.cuda.is_available():
+        device = torch.cuda.get_device_properties(0).total_memory
+    return max(host or 0, device) or None
+
+
+def _size(count: int) -> str:
+    """Bytes in GB, TB or PB, e.g. ``120 GB``, ``1.5 TB``."""
+    unit, scale = next((u, v) for u, v in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9)) if count >= v or u == "GB")
+    return f"{count / scale:.2g} {unit}" if count < 10 * scale else f"{count / scale:.0f} {unit}"
 
 
 def _between(low: float, high: float, text: str):
@@ -90,7 +166,7 @@ RANGES = {
     "limit": (lambda v: v >= 0, ">= 0 (0: all)"),
     "eval_limit": (lambda v: v >= 0, ">= 0 (0: all)"),
     "test_limit": (lambda v: v is None or v >= 0, ">= 0"),
-    "workers": (lambda v: v >= -1, ">= -1 (-1: one per core)"),
+    "workers": (lambda v: v >= -1, ">= -1 (-1: one per usable CPU)"),
     "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
     "stem_stride": (lambda v: v >= 1, ">= 1"),
     "small_views": (lambda v: v >= 0, ">= 0"),

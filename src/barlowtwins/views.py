@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from barlowtwins.config import AugmentConfig, EvalInputs
 
-A = AugmentConfig  # every default below is the config's own
 B1_RESIZE_RATIO = 256 / 224  # appendix B.1 test time: resize to 256, centre-crop 224
 SMALL_IMAGES = 64  # at this size or below, evaluate images as they are (solo-learn's and lightly's CIFAR protocol)
 
@@ -28,16 +28,16 @@ def blur_kernel_size(image_size: int) -> int:
 
 def view_transform(
     image_size: int,
-    crop_scale: tuple[float, float] = A.crop_scale,
-    flip_p: float = A.flip_p,
-    jitter: tuple[float, float, float, float] = A.jitter,
-    jitter_p: float = A.jitter_p,
-    grayscale_p: float = A.grayscale_p,
-    blur_p: float = A.blur_p[0],
-    blur_sigma: tuple[float, float] = A.blur_sigma,
-    solarize_p: float = A.solarize_p[0],
-    mean: tuple[float, float, float] = A.mean,
-    std: tuple[float, float, float] = A.std,
+    crop_scale: tuple[float, float] = AugmentConfig.crop_scale,
+    flip_p: float = AugmentConfig.flip_p,
+    jitter: tuple[float, float, float, float] = AugmentConfig.jitter,
+    jitter_p: float = AugmentConfig.jitter_p,
+    grayscale_p: float = AugmentConfig.grayscale_p,
+    blur_p: float = AugmentConfig.blur_p[0],
+    blur_sigma: tuple[float, float] = AugmentConfig.blur_sigma,
+    solarize_p: float = AugmentConfig.solarize_p[0],
+    mean: tuple[float, float, float] = AugmentConfig.mean,
+    std: tuple[float, float, float] = AugmentConfig.std,
 ) -> T.Compose:
     """One view's pipeline: PIL image in, normalised float tensor (3, image_size, image_size) out."""
     ops: list[Callable] = [T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
@@ -72,16 +72,16 @@ class TwoViews:
 
 def two_views(
     image_size: int,
-    crop_scale: tuple[float, float] = A.crop_scale,
-    flip_p: float = A.flip_p,
-    jitter: tuple[float, float, float, float] = A.jitter,
-    jitter_p: float = A.jitter_p,
-    grayscale_p: float = A.grayscale_p,
-    blur_p: tuple[float, float] = A.blur_p,
-    blur_sigma: tuple[float, float] = A.blur_sigma,
-    solarize_p: tuple[float, float] = A.solarize_p,
-    mean: tuple[float, float, float] = A.mean,
-    std: tuple[float, float, float] = A.std,
+    crop_scale: tuple[float, float] = AugmentConfig.crop_scale,
+    flip_p: float = AugmentConfig.flip_p,
+    jitter: tuple[float, float, float, float] = AugmentConfig.jitter,
+    jitter_p: float = AugmentConfig.jitter_p,
+    grayscale_p: float = AugmentConfig.grayscale_p,
+    blur_p: tuple[float, float] = AugmentConfig.blur_p,
+    blur_sigma: tuple[float, float] = AugmentConfig.blur_sigma,
+    solarize_p: tuple[float, float] = AugmentConfig.solarize_p,
+    mean: tuple[float, float, float] = AugmentConfig.mean,
+    std: tuple[float, float, float] = AugmentConfig.std,
 ) -> TwoViews:
     """The paper's asymmetric pair: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
     return TwoViews(*asymmetric_pair(view_transform, locals()))
@@ -96,17 +96,17 @@ def asymmetric_pair(make_view: Callable, params: dict) -> tuple:
     """View A and view B of paper §2.2 from one view's builder: the same operations and parameters, except
     the blur and solarization probabilities, which ``params`` gives as (view A, view B) pairs."""
     shared = {k: v for k, v in params.items() if k not in ("blur_p", "solarize_p")}
-    p = params
-    return tuple(make_view(**shared, blur_p=p["blur_p"][i], solarize_p=p["solarize_p"][i]) for i in (0, 1))
+    blur_p, solarize_p = params["blur_p"], params["solarize_p"]
+    return tuple(make_view(**shared, blur_p=blur_p[view], solarize_p=solarize_p[view]) for view in (0, 1))
 
 
 def eval_transform(
     image_size: int,
-    mean: tuple[float, float, float] = A.mean,
-    std: tuple[float, float, float] = A.std,
+    mean: tuple[float, float, float] = AugmentConfig.mean,
+    std: tuple[float, float, float] = AugmentConfig.std,
     resize_ratio: float = EvalInputs.resize_ratio,
 ) -> T.Compose:
-    """Deterministic test-time view: resize to ``image_size * resize_ratio``, centre crop, normalise.
+    """Deterministic test-time view: resize to ``image_size * resize_ratio``, then :class:`CropNormalize`.
 
     ``resize_ratio`` 0 picks the rule: B.1's 256/224 above 64 px; images of 64 px or less as they are (ratio 1:
     a 32 px CIFAR image stays untouched), as the libraries evaluate CIFAR, so numbers compare with theirs.
@@ -114,9 +114,7 @@ def eval_transform(
     return T.Compose(
         [
             T.Resize(eval_resize(image_size, resize_ratio), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
+            CropNormalize(image_size, mean, std),
         ]
     )
 
@@ -124,3 +122,28 @@ def eval_transform(
 def eval_resize(image_size: int, resize_ratio: float = EvalInputs.resize_ratio) -> int:
     """The shorter side the test-time view resizes to before its centre crop of ``image_size`` (see above)."""
     return round(image_size * (resize_ratio or (B1_RESIZE_RATIO if image_size > SMALL_IMAGES else 1.0)))
+
+
+class CropNormalize:
+    """The test-time view after its resize: centre crop ``image_size``, scale to [0, 1], normalise.
+
+    Takes a PIL image (as ``CenterCrop`` + ``ToTensor`` + ``Normalize``) or uint8 pixels, one image (3, H, W) or
+    a batch (B, 3, H, W), such as rows the decoded store keeps at :func:`eval_resize`; the same pixels either way.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, float, float] = AugmentConfig.mean,
+        std: tuple[float, float, float] = AugmentConfig.std,
+    ):
+        self.size = (image_size, image_size)
+        self.mean, self.std = mean, std
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        image = TF.center_crop(image, list(self.size))
+        pixels = TF.to_tensor(image) if isinstance(image, Image.Image) else image.float().div(255)
+        return TF.normalize(pixels, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, mean={self.mean}, std={self.std})"

@@ -10,6 +10,7 @@ resume. The random-init floor is evaluated once per study, beside the first run.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from barlowtwins.config import RESUMABLE_CHANGES, AblateConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import changed_settings, flatten
 from barlowtwins.validation import parse_projector_spec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def _diverged(log: Path) -> bool:
 
 
 def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool = False) -> Path | None:
-    """Run (or, with ``dry_run``, print) every run of study ``name``; write the report; return its path."""
+    """Run (or, with ``dry_run``, log at INFO) every run of study ``name``; write the report; return its path."""
     if name not in studies.STUDY_NAMES:
         raise BarlowTwinsError(f"unknown study '{name}'; choose one of {', '.join(studies.STUDY_NAMES)}")
     if not data.train or not data.eval:
@@ -146,12 +149,12 @@ def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool 
     for i, run in enumerate(runs):
         cmds = commands(run, settings, data, floor=i == 0)
         if dry_run:
-            print("\n".join(shlex.join(c) for c in cmds.values()))
+            logger.info("\n".join(shlex.join(c) for c in cmds.values()))
             continue
         label = f"[{i + 1}/{len(runs)}] {run.path.relative_to(out)}"
         check_same_settings(run, cmds["pretrain"])
         if is_finished(run):
-            print(f"{label}: finished, skipped", flush=True)
+            logger.info("%s: finished, skipped", label)
             status[str(run.path)] = "finished"
             continue
         started, log = time.perf_counter(), out / "logs" / f"{run.path.parent.name}-{run.path.name}.log"
@@ -159,7 +162,7 @@ def run_study(name: str, settings: AblateConfig, data: StudyData, dry_run: bool 
         ok = trained and _execute(cmds["knn"], log) and _execute(cmds["linear"], log)
         status[str(run.path)] = "finished" if ok else "diverged" if _diverged(log) else "failed"
         minutes = (time.perf_counter() - started) / 60
-        print(f"{label}: {status[str(run.path)]} in {minutes:.1f} min (log {log})", flush=True)
+        logger.info("%s: %s in %.1f min (log %s)", label, status[str(run.path)], minutes, log)
     if dry_run:
         return None
     return report.write(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from barlowtwins.cli.helptext import add_command
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import recipe_names
 
-EXAMPLE = "example: barlowtwins views --data my_photos --recipe imagenet --set train.batch_size=16 --count 8 --out v"
+EXAMPLES = (
+    "barlowtwins views --data my_photos --recipe imagenet --count 8 --out views",
+    "barlowtwins views --data cifar10 --recipe cifar10-cpu --set train.batch_size=128 --count 512 --bench",
+)
 
 
 def _cmd_views(args: argparse.Namespace) -> None:
@@ -29,17 +33,20 @@ def _cmd_views(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    views = commands.add_parser(
+    views = add_command(
+        commands,
         "views",
-        help="draw view pairs of your data through the training path (a picture, a tensor, or a speed)",
-        description="Draws N view pairs exactly as pretrain would with these settings (same code and seeds) and "
-        "writes DIR/views.png (each source image beside view A and view B) and DIR/views.pt (uint8, "
-        "N x 2 x 3 x S x S, before normalisation); --bench times them instead.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "draw view pairs of your data through the training path (a picture, a tensor, or a speed)",
+        "Draws N pairs of the paper's two distorted views (§2.2) exactly as pretrain would with these settings "
+        "(same code and seeds) and writes DIR/views.png (each source image beside view A and view B) and "
+        "DIR/views.pt (uint8, N x 2 x 3 x S x S, before normalisation); --bench times them instead.",
+        EXAMPLES,
     )
     views.add_argument("--data", nargs="+", required=True, help="image folder, .tar shards, or dataset name")
-    views.add_argument("--recipe", help=f"named recipe ({', '.join(recipe_names())}) or a YAML file")
+    views.add_argument(
+        "--recipe",
+        help=f"named recipe ({', '.join(recipe_names())}) or a YAML file (default: none, the imagenet settings)",
+    )
     views.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value")
     views.add_argument("--count", type=int, default=8, help="view pairs to draw")
     views.add_argument("--out", help="output directory for views.png and views.pt")

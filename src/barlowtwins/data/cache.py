@@ -302,10 +302,34 @@ def _open_entry(entry: Path, count: int, size: int, square: bool) -> DecodedImag
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``: concurrent processes (one per GPU, say) then build an entry once."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """Hold an exclusive lock on ``path``: concurrent processes (one per GPU, say) then build an entry once.
+
+    The holder removes the file before letting go, so none is left in the cache directory, whether the build
+    worked or failed; a process that waited on a file removed meanwhile locks a fresh one instead."""
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 (closed below, after the file is removed)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if _same_file(path, handle.fileno()):
+                break
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the file this lock was on is gone: its holder finished
+    try:
         yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the open file ``fd``."""
+    try:
+        found, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def cache_key(description: str, files: Sequence[str | Path], size: int, square: bool = True) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from barlowtwins import distributed
+from barlowtwins.config import DataConfig
 from barlowtwins.data import cache
 from barlowtwins.data.loaders import ShardedEpochSampler, batch_seed, training_batches
 from barlowtwins.data.sources import ImageSource, Samples
@@ -135,7 +136,7 @@ def streamed_cropped_batches(
     device: torch.device,
     start_epoch: int = 0,
     skip_batches: int = 0,
-    shuffle_buffer: int = 2000,
+    shuffle_buffer: int = DataConfig.shuffle_buffer,
 ) -> Iterator:
     """As :func:`cropped_training_batches` for WebDataset shards streamed without a store: each image decoded as
     it streams and cropped in the worker, ``colour`` on ``device`` with the generator of the batch's position

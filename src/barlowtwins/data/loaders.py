@@ -24,11 +24,13 @@ import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from barlowtwins import distributed
+from barlowtwins.config import DataConfig
 from barlowtwins.data import cache
 from barlowtwins.data.decode import open_image
 from barlowtwins.data.shards import decode_sample, read_samples
 from barlowtwins.data.sources import FileImages, ImageSource, Samples
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.runtime import usable_cpus
 
 
 class Transformed(Dataset):
@@ -104,8 +106,8 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
 
 
 def resolve_workers(requested: int) -> int:
-    """``-1``: one worker process per CPU core, at most 8."""
-    return min(8, os.cpu_count() or 1) if requested < 0 else requested
+    """``-1``: one worker process per CPU this process may use (:func:`~barlowtwins.runtime.usable_cpus`), at most 8."""
+    return min(8, usable_cpus()) if requested < 0 else requested
 
 
 def _worker_seed(worker_id: int) -> None:
@@ -194,7 +196,7 @@ def training_batches(
     device: torch.device,
     start_epoch: int = 0,
     skip_batches: int = 0,
-    shuffle_buffer: int = 2000,
+    shuffle_buffer: int = DataConfig.shuffle_buffer,
 ) -> Iterator:
     """Endless stream of this process's training batches; the caller takes ``steps_per_epoch`` per epoch.
 

@@ -1,6 +1,7 @@
 """A detection run's directory, with pretraining's guarantees (:mod:`barlowtwins.train.run_dir`).
 
-``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``tensorboard/``, ``detector.pt`` (rewritten atomically;
+``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``tensorboard/``, ``detector.pt`` (rotated atomically with
+``detector.prev.pt``, the one before it, to fall back on;
 named apart from pretraining's ``checkpoint.pt`` so a detection run is never taken for a backbone) and
 ``eval/``. The same ``.lock`` keeps a second run off the directory; a run resumes from its checkpoint
 unless its settings changed in a way that matters (:data:`barlowtwins.config.DETECT_RESUMABLE`).
@@ -9,6 +10,7 @@ unless its settings changed in a way that matters (:data:`barlowtwins.config.DET
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,19 @@ import torch
 import yaml
 from torch import nn
 
-from barlowtwins.atomic import atomic_save, atomic_write_text, remove_stale_temporaries
-from barlowtwins.checkpoint import load_file
+from barlowtwins.atomic import atomic_write_text, remove_stale_temporaries
+from barlowtwins.checkpoint import finish_rotation, resume_state, save_rotating
 from barlowtwins.config import DETECT_RESUMABLE, DetectConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten
 from barlowtwins.runtime import package_version, run_metadata
 from barlowtwins.train.run_dir import RunLock, truncate_metrics
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT = "detector.pt"
 FORMAT = "barlowtwins-detection/1"
+KIND = "a detection checkpoint made by 'barlowtwins detect'"  # what a file of FORMAT is, in messages
 
 
 class DetectRun:
@@ -47,11 +52,14 @@ class DetectRun:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
+            completed = finish_rotation(self.path / CHECKPOINT, FORMAT, KIND)  # before removing temporaries
             remove_stale_temporaries(self.path)
         except OSError as error:
             raise BarlowTwinsError(
                 f"cannot write the run directory {self.path} ({error.strerror}); pass another --out"
             ) from None
+        if completed:
+            logger.warning(completed)
         progress = self._resume(config, model, optimizer)
         if progress is None:
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
@@ -59,17 +67,16 @@ class DetectRun:
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
             return {"step": 0, "train_seconds": 0.0, "total_steps": None}
         truncate_metrics(self.path / "metrics.jsonl", progress["step"])
-        print(f"resuming {self.path} from step {progress['step']}", flush=True)
+        logger.info("resuming %s from step %s", self.path, progress["step"])
         return progress
 
     def _resume(self, config: DetectConfig, model: nn.Module, optimizer) -> dict[str, Any] | None:
         """Load ``detector.pt`` into the model and optimiser (None when there is none), refusing other settings."""
-        checkpoint = self.path / CHECKPOINT
-        if not checkpoint.is_file():
+        state, note = resume_state(self.path / CHECKPOINT, FORMAT, KIND, set_aside=self.main)
+        if note and self.main:
+            logger.warning(note)
+        if state is None:
             return None
-        state = load_file(checkpoint)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise BarlowTwinsError(f"{checkpoint} is not a detection checkpoint; pass another --out")
         saved, now = flatten(state["config"]), flatten(config.to_dict())
         changed = sorted(k for k in set(saved) | set(now) if k not in DETECT_RESUMABLE and saved.get(k) != now.get(k))
         if changed:
@@ -124,7 +131,7 @@ class DetectRun:
             "version": package_version(),
         }
         try:
-            atomic_save(state, self.path / CHECKPOINT)
+            save_rotating(state, self.path / CHECKPOINT)
         except (OSError, RuntimeError) as error:
             kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
             raise BarlowTwinsError(

@@ -10,6 +10,7 @@ steps that fit, the milestones scaled with them). One process; under torchrun it
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from barlowtwins.train.budget import Budget
 from barlowtwins.train.divergence import FiniteWatch
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.validation import parse_duration
+
+logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 2  # test images per forward pass
 
@@ -71,7 +74,7 @@ def _load_data(c: DetectConfig) -> tuple[DetectionSet, DetectionSet]:
         )
     if c.model == "mask_rcnn" and not train.has_masks:
         raise BarlowTwinsError("--model mask_rcnn needs masks: pass a COCO-layout folder with segmentations")
-    print(f"train: {train.summary()}\ntest: {test.summary()}\nclasses: {', '.join(train.classes)}", flush=True)
+    logger.info("train: %s\ntest: %s\nclasses: %s", train.summary(), test.summary(), ", ".join(train.classes))
     return train, test
 
 
@@ -120,7 +123,7 @@ def detect(config: DetectConfig) -> dict[str, Any]:
         report.update(processes=world, config=c.to_dict(), meta=run_metadata())
         run.log({"step": steps, **{f"{k}_{m}": v for k in ("bbox", "segm") for m, v in report.get(k, {}).items()}})
         atomic_write_text(_json(report), run.path / "eval" / "detection.json")
-    print(_headline(report), flush=True)
+    logger.info(_headline(report))
     return report
 
 
@@ -159,7 +162,7 @@ def _fine_tune(
     interval = 1 if sys.stderr.isatty() else 30
     bar = tqdm(total=budget.total_steps, initial=step, unit="step", mininterval=interval, disable=not run.main)
     trainer.train()
-    watch, budget_started = FiniteWatch(step), False
+    watch, budget_started = FiniteWatch(step, fix=f"lower lr (now {c.lr}: --set lr={c.lr / 2:g})"), False
     with bar, Preemption(device, c.log_every) as preemption:
         while step < budget.total_steps:
             images, targets = next(batches)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from barlowtwins.data import batches, open_source
 from barlowtwins.evaluate.features import Features, extract
 from barlowtwins.evaluate.harness import prepare
 from barlowtwins.runtime import run_metadata
+
+logger = logging.getLogger(__name__)
 
 
 def write_embeddings(arrays: Features, out: str | Path, info: dict[str, Any]) -> dict[str, str]:
@@ -60,5 +63,5 @@ def run(
         "meta": run_metadata(),
     }
     files = write_embeddings(arrays, out, description)
-    print(f"wrote {len(arrays.ids)} rows to " + ", ".join(files.values()))
+    logger.info("wrote %d rows to %s", len(arrays.ids), ", ".join(files.values()))
     return files

@@ -4,13 +4,14 @@ It loads the weights to evaluate and, beside them, the same architecture at its 
 (for our runs the run's own initial weights) and optionally ``--baseline-weights``, so each number comes
 with its floor; it resolves the test-time image settings (flags, else the checkpoint's pretraining
 values, else by stem), opens the data, and writes a JSON report with every setting, the data, the
-numbers and the run metadata, with a ``.log`` of what was printed beside it.
+numbers and the run metadata, with a ``.log`` of what was logged beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import run_metadata, select_device
 from barlowtwins.validation import check_ranges
 from barlowtwins.views import eval_transform
+
+logger = logging.getLogger(__name__)
 
 
 class Subject(NamedTuple):
@@ -101,8 +104,8 @@ class Evaluation:
     started: float
 
     def log(self, line: str) -> None:
-        """Print a line and append it to the log beside the JSON result."""
-        print(line, flush=True)
+        """Log a line (INFO) and append it to the log beside the JSON result."""
+        logger.info(line)
         with open(self.out.with_suffix(".log"), "a") as handle:
             handle.write(line + "\n")
 
@@ -121,7 +124,7 @@ class Evaluation:
             "meta": run_metadata(),
         }
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.out)
-        print(f"wrote {self.out}")
+        logger.info("wrote %s", self.out)
         return self.out
 
 

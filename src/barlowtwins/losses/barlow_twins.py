@@ -79,23 +79,35 @@ def _global_count(local: int, device: torch.device) -> int:
     return int(count.item())
 
 
-def standardize(z: torch.Tensor, count: int, eps: float = BATCH_NORM_EPS) -> torch.Tensor:
-    """Mean 0 and (biased) variance 1 along the batch, with global statistics under torch.distributed.
+def batch_mean(z: torch.Tensor, count: int, global_batch: bool = True) -> torch.Tensor:
+    """Mean along the batch (dim 0) of ``count`` rows: the rows of every process (sums all-reduced under
+    torch.distributed) when ``global_batch``, else this process's rows alone (no collective)."""
+    total = z.sum(dim=0)
+    return (all_reduce_sum(total) if global_batch else total) / count
+
+
+def standardize(z: torch.Tensor, count: int, eps: float = BATCH_NORM_EPS, global_batch: bool = True) -> torch.Tensor:
+    """Mean 0 and (biased) variance 1 along the batch of ``count`` rows: global statistics under
+    torch.distributed (the loss), or this process's alone with ``global_batch=False`` (see :func:`batch_mean`).
 
     Biased variance makes ``Za^T Zb / N`` exactly eq. 2's normalised cross-correlation; ``eps`` matches
     BatchNorm1d(affine=False) of the official code.
     """
-    mean = all_reduce_sum(z.sum(dim=0)) / count
-    centered = z - mean
-    var = all_reduce_sum(centered.square().sum(dim=0)) / count
-    return centered * torch.rsqrt(var + eps)
+    centered = z - batch_mean(z, count, global_batch)
+    return centered * torch.rsqrt(batch_mean(centered.square(), count, global_batch) + eps)
+
+
+def standardize_local(z: torch.Tensor, eps: float = BATCH_NORM_EPS) -> torch.Tensor:
+    """:func:`standardize` of ``z`` (N, D) in fp32 over this process's N rows only: what one process sees of the
+    loss's Z without a collective (the monitor's pictures and spectrum run on the main process alone)."""
+    return standardize(z.float(), len(z), eps, global_batch=False)
 
 
 def normalize_for(objective: str, z: torch.Tensor, count: int, eps: float) -> torch.Tensor:
     """The Z of C = Za^T Zb / N for ``objective``: standardised (eq. 2), then L2 along features
     (``feature_norm``), or only centred (``cross_covariance``)."""
     if objective == "cross_covariance":
-        return z - all_reduce_sum(z.sum(dim=0)) / count
+        return z - batch_mean(z, count)
     z = standardize(z, count, eps)
     return F.normalize(z, dim=1) if objective == "feature_norm" else z
 

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
-from barlowtwins.config import LossConfig, ModelConfig
+from torch import nn
+
+from barlowtwins.config import AugmentConfig, LossConfig, ModelConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.methods import barlow_twins, byol, simclr
+from barlowtwins.models.backbones import as_backbone
+from barlowtwins.models.base import Backbone
 
 METHODS = {"barlow_twins": barlow_twins.build, "simclr": simclr.build, "byol": byol.build}
 
@@ -29,10 +33,17 @@ READ_BY = {
 }
 
 
-def build_method(name: str, backbone, model: ModelConfig, loss: LossConfig):
-    """The method ``name`` on ``backbone``; refuses settings the method would not read."""
+def build_method(
+    name: str,
+    backbone: Backbone | nn.Module,
+    model: ModelConfig,
+    loss: LossConfig,
+    image_size: int = AugmentConfig.image_size,
+):
+    """The method ``name`` on ``backbone`` (a plain module's width measured on ``image_size`` px images by
+    :func:`~barlowtwins.models.backbones.as_backbone`); refuses settings the method would not read."""
     refuse_unread(name, model, loss)
-    return METHODS[name](backbone, model, loss)
+    return METHODS[name](as_backbone(backbone, image_size), model, loss)
 
 
 def refuse_unread(name: str, model: ModelConfig, loss: LossConfig) -> None:

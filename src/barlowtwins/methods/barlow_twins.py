@@ -11,7 +11,8 @@ from torch import nn
 from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.losses.barlow_twins import BarlowTwinsLoss
-from barlowtwins.models.backbones import Backbone, one_d_parameter_names
+from barlowtwins.models.backbones import as_backbone
+from barlowtwins.models.base import Backbone, one_d_parameter_names
 from barlowtwins.models.heads import build_predictor, build_projector, predictor_spec
 from barlowtwins.validation import parse_projector_spec
 
@@ -26,6 +27,10 @@ class BarlowTwins(nn.Module):
     but not its value: the logged loss stays eq. 1's, comparable between runs of any scale (solo-learn logs
     the scaled one: multiply ours by the scale to compare). Under LARS the scale reaches the adapted weights
     only through weight decay; biases and BN parameters step in proportion to it.
+
+    ``backbone`` may be any module (:func:`~barlowtwins.models.backbones.as_backbone`: a torchvision model
+    loses its ``fc``, the width is measured); ``projector`` a module or a spec string such as ``"8192-8192-8192"``;
+    ``loss`` defaults to eq. 1 with the paper's λ.
     """
 
     terms = ("loss", "invariance", "redundancy")  # redundancy already carries the factor lambda
@@ -36,19 +41,20 @@ class BarlowTwins(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
-        projector: nn.Module,
-        loss: BarlowTwinsLoss,
+        backbone: Backbone | nn.Module,
+        projector: nn.Module | str = ModelConfig.projector,
+        loss: BarlowTwinsLoss | None = None,
         predictor: nn.Module | None = None,
         stop_gradient: bool = False,
         scale: float = LossConfig.scale,
     ):
         super().__init__()
+        backbone = as_backbone(backbone)
         self.scale = scale
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
-        self.projector = projector
-        self.loss = loss
+        self.projector = build_projector(backbone.dim, projector) if isinstance(projector, str) else projector
+        self.loss = loss if loss is not None else BarlowTwinsLoss()
         self._backbone_no_decay = backbone.no_decay
         self.predictor = predictor  # branch A only (Table 6 (b), (c))
         self.stop_gradient = stop_gradient  # branch B (Table 6 (a), (c))

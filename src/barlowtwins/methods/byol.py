@@ -17,7 +17,8 @@ from torch import nn
 
 from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.losses.byol import regression_loss, target_momentum, update_target
-from barlowtwins.models.backbones import Backbone, one_d_parameter_names
+from barlowtwins.models.backbones import as_backbone
+from barlowtwins.models.base import Backbone, one_d_parameter_names
 from barlowtwins.models.heads import build_predictor, build_projector
 
 
@@ -29,8 +30,11 @@ class BYOL(nn.Module):
     logged = terms + diagnostics
     shown = ("loss",)
 
-    def __init__(self, backbone: Backbone, projector: nn.Module, predictor: nn.Module, base_momentum: float):
+    def __init__(
+        self, backbone: Backbone | nn.Module, projector: nn.Module, predictor: nn.Module, base_momentum: float
+    ):
         super().__init__()
+        backbone = as_backbone(backbone)  # any module: see BarlowTwins
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
         self.projector = projector

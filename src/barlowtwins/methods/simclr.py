@@ -8,7 +8,8 @@ from torch import nn
 
 from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.losses.nt_xent import nt_xent_terms
-from barlowtwins.models.backbones import Backbone, one_d_parameter_names
+from barlowtwins.models.backbones import as_backbone
+from barlowtwins.models.base import Backbone, one_d_parameter_names
 from barlowtwins.models.heads import build_projector
 
 
@@ -20,8 +21,11 @@ class SimCLR(nn.Module):
     logged = terms + diagnostics
     shown = ("loss", "positive_cos")
 
-    def __init__(self, backbone: Backbone, projector: nn.Module, temperature: float = LossConfig.temperature):
+    def __init__(
+        self, backbone: Backbone | nn.Module, projector: nn.Module, temperature: float = LossConfig.temperature
+    ):
         super().__init__()
+        backbone = as_backbone(backbone)  # any module: see BarlowTwins
         self.backbone = backbone.module
         self.feature_dim = backbone.dim
         self.projector = projector

@@ -9,15 +9,16 @@ torchvision ResNets, ``timm:NAME[,key=value...]`` builds any timm model (:mod:`.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
-from typing import NamedTuple
 
 import torch
 import torchvision
 from torch import nn
 
+from barlowtwins.config import AugmentConfig
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.models.base import Backbone, excluded_parameter_names, one_d_parameter_names
+from barlowtwins.models.timm_backbones import TIMM_PREFIX, timm_backbone
 
 # Architectures whose classifier is ``fc`` and whose stem is conv1 + maxpool; all take zero_init_residual.
 RESNETS = (
@@ -31,31 +32,7 @@ RESNETS = (
     "resnext50_32x4d",
     "resnext101_32x8d",
 )
-TIMM_PREFIX = "timm:"  # --arch timm:NAME[,key=value...]: a timm model with num_classes=0 (pooled features)
 CUSTOM = "custom"  # the arch a run records when its backbone module came from Python (custom_backbone)
-
-
-class Backbone(NamedTuple):
-    module: nn.Module  # maps images (N, 3, H, W) to features (N, dim)
-    dim: int
-    no_decay: frozenset[str]  # parameter names excluded from weight decay and LARS adaptation
-
-
-def one_d_parameter_names(module: nn.Module) -> frozenset[str]:
-    """Names of the 1-D parameters (biases, norm-layer weights): the official code's exclusion rule."""
-    return frozenset(name for name, param in module.named_parameters() if param.ndim <= 1)
-
-
-def excluded_parameter_names(module: nn.Module, patterns: Iterable[str] = ()) -> frozenset[str]:
-    """Parameters kept out of weight decay and LARS adaptation for any module: the 1-D ones (biases, norm
-    layers), and those matching ``patterns`` or the module's own ``no_weight_decay()`` (timm's position
-    embeddings, class and register tokens), with timm's wildcard matching."""
-    patterns = set(patterns) | set(getattr(module, "no_weight_decay", lambda: ())())
-    return frozenset(
-        name
-        for name, param in module.named_parameters()
-        if param.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, p) for p in patterns)
-    )
 
 
 def custom_backbone(module: nn.Module, dim: int, no_decay: Iterable[str] = ()) -> Backbone:
@@ -65,6 +42,56 @@ def custom_backbone(module: nn.Module, dim: int, no_decay: Iterable[str] = ()) -
     (parameter names or wildcard patterns).
     """
     return Backbone(module, dim, excluded_parameter_names(module, no_decay))
+
+
+def as_backbone(backbone: Backbone | nn.Module, image_size: int = AugmentConfig.image_size) -> Backbone:
+    """A :class:`Backbone` as it is; any other module with its classifier removed in place (a torchvision
+    model's ``fc``, as :func:`build_backbone` does; a timm model's head) and its output width measured by
+    :func:`output_width` on ``image_size`` px images. Other modules are taken as they are: their output is the
+    representation. A width that depends on the image size needs ``custom_backbone(module, dim)``."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    if not isinstance(backbone, nn.Module):
+        raise BarlowTwinsError(
+            f"a backbone must be an nn.Module or a Backbone, not {type(backbone).__name__}; "
+            "e.g. torchvision.models.resnet18() or custom_backbone(module, dim)"
+        )
+    drop_classifier(backbone)
+    return custom_backbone(backbone, output_width(backbone, image_size))
+
+
+def drop_classifier(module: nn.Module) -> None:
+    """Remove in place a torchvision model's linear ``fc`` (ResNet, RegNet, ShuffleNet) or a timm model's head."""
+    if type(module).__module__.startswith("torchvision.models.") and isinstance(getattr(module, "fc", None), nn.Linear):
+        module.fc = nn.Identity()
+    elif callable(getattr(module, "reset_classifier", None)) and hasattr(module, "num_features"):
+        module.reset_classifier(0)  # timm: pooled features of width num_features
+
+
+def output_width(module: nn.Module, image_size: int = AugmentConfig.image_size) -> int:
+    """The width of ``module``'s features, from one forward pass of a blank image in eval mode without
+    gradients (every submodule's train/eval mode is restored); one that fails or returns no (N, dim) is refused."""
+    parameter = next(module.parameters(), None)
+    like = {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
+    name, shape = type(module).__name__, f"(1, 3, {image_size}, {image_size})"
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, 3, image_size, image_size, **like))
+    except Exception as error:  # a module we know nothing of: say what failed, in one line
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        problem = f"cannot measure the width of {name}'s output on a {shape} batch ({reason})"
+        raise BarlowTwinsError(f"{problem}; pass custom_backbone(module, dim) with its feature width") from None
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BarlowTwinsError(
+            f"backbone {name} maps a {shape} batch to {got}, not (N, dim) features; pool it to (N, dim), e.g. "
+            "nn.Sequential(module, nn.AdaptiveAvgPool2d(1), nn.Flatten()), or pass custom_backbone(pooled, dim)"
+        )
+    return int(out.shape[1])
 
 
 def build_backbone(arch: str, small_stem: bool = False, stem_stride: int = 1) -> Backbone:
@@ -78,8 +105,6 @@ def build_backbone(arch: str, small_stem: bool = False, stem_stride: int = 1) ->
     if arch.startswith(TIMM_PREFIX):
         if small_stem:
             raise BarlowTwinsError(f"--small-stem is for torchvision ResNets; size {arch} with its own kwargs")
-        from barlowtwins.models.timm_backbones import timm_backbone
-
         return timm_backbone(arch)
     if arch == CUSTOM:
         raise BarlowTwinsError(

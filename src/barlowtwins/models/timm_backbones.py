@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.models.backbones import TIMM_PREFIX, Backbone, excluded_parameter_names
+from barlowtwins.models.base import Backbone, excluded_parameter_names
+
+TIMM_PREFIX = "timm:"  # --arch timm:NAME[,key=value...]: a timm model with num_classes=0 (pooled features)
 
 
 def parse_timm_arch(arch: str) -> tuple[str, dict[str, Any]]:

@@ -30,25 +30,27 @@ class Budget:
         spent: float = 0.0,
         planned: int | None = None,
         agree: Callable[[int], int] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.seconds = seconds
+        self.clock = clock  # seconds, monotonic: a test passes a fake one
         self.max_steps = max_steps
         self.spent = spent  # training seconds so far, over all sessions of the run
         planned = planned if seconds is not None else None  # without a budget the epochs decide, also on resume
         self.total_steps = min(planned or max_steps, max_steps)
         self._session_steps = 0
-        self._last = time.perf_counter()
+        self._last = clock()
         self._settled: tuple[float, int] | None = None  # (time, session steps) once settled
         self.agree = agree  # several processes: the main process's plan, e.g. distributed.broadcast_object
         self.paused_seconds = 0.0  # evaluation inside the training loop, left out of ``spent``
 
     def restart_clock(self) -> None:
         """Start timing now (call right before the first step, after set-up)."""
-        self._last = time.perf_counter()
+        self._last = self.clock()
 
     def step_done(self, step: int) -> int:
         """Count one finished step (``step`` is the number done) and return the planned total steps."""
-        now = time.perf_counter()
+        now = self.clock()
         self.spent += now - self._last
         self._last = now
         self._session_steps += 1
@@ -75,11 +77,11 @@ class Budget:
     def paused(self) -> Iterator[None]:
         """Leave the time inside out of the training time and of the measured step time (evaluation while
         training: the budget buys training steps, and its report keeps evaluation apart)."""
-        started = time.perf_counter()
+        started = self.clock()
         try:
             yield
         finally:
-            pause = time.perf_counter() - started
+            pause = self.clock() - started
             self.paused_seconds += pause
             self._last += pause
             if self._settled is not None:

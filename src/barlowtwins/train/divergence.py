@@ -23,11 +23,16 @@ def all_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-class FiniteWatch:
-    """The finiteness flags of the losses since the last check; ``step`` is the step count before them."""
+# What a diverged pretraining run should change (detection passes its own).
+PRETRAIN_FIX = "lower optim.lr_weights (or use --precision fp32 if you trained in fp16)"
 
-    def __init__(self, step: int):
-        self._first = step
+
+class FiniteWatch:
+    """The finiteness flags of the losses since the last check; ``step`` is the step count before them, ``fix``
+    what the divergence message tells the user to change."""
+
+    def __init__(self, step: int, fix: str = PRETRAIN_FIX):
+        self._first, self._fix = step, fix
         self._flags: list[torch.Tensor] = []
 
     def add(self, loss: torch.Tensor) -> None:
@@ -48,19 +53,18 @@ class FiniteWatch:
             flags = torch.stack(self._flags).cpu()
             if not flags.all():
                 first = self._first + int((~flags).nonzero()[0, 0]) + 1
-                raise _diverged("the loss", first, run_dir, saved_step)
+                raise _diverged("the loss", first, run_dir, saved_step, self._fix)
         self._first, self._flags = step, []
         if model is not None and not all_finite(model, optimizer):
-            raise _diverged("the weights", step, run_dir, saved_step)
+            raise _diverged("the weights", step, run_dir, saved_step, self._fix)
 
 
-def _diverged(what: str, step: int, run_dir: Path, saved_step: int | None) -> BarlowTwinsError:
+def _diverged(what: str, step: int, run_dir: Path, saved_step: int | None, fix: str) -> BarlowTwinsError:
     kept = (
         f"the checkpoint of step {saved_step} in {run_dir} is intact (not overwritten)"
         if saved_step
         else "no checkpoint was written"
     )
     return BarlowTwinsError(
-        f"training diverged: {what} became non-finite at step {step}; {kept}; lower optim.lr_weights "
-        "(or use --precision fp32 if you trained in fp16) and start again with another --out"
+        f"training diverged: {what} became non-finite at step {step}; {kept}; {fix} and start again with another --out"
     )

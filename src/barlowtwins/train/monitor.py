@@ -1,59 +1,52 @@
 """Watching a run while it trains (not in the paper; the libraries' tools): kNN on held-out data, an online
 linear probe, pictures of C and of the embedding spectrum, and a collapse alarm.
 
-Pure functions first (standardisation, a block of C, the spectrum, its effective rank, the alarm), then
-:class:`OnlineProbe` and :class:`Monitor`, which the loop calls once a step and at its logged rows. Nothing
-here changes what is trained: kNN runs on a copy of the backbone in eval mode, the pictures read the embeddings
-the training step computed anyway (the method exposes them detached), the probe trains on detached features
-with its own optimiser.
+Pure functions first (a block of C and the spectrum of z standardised as the loss does, the effective rank, the
+alarm), then :class:`OnlineProbe`, :func:`knn_images` and :class:`Monitor`, which the loop calls once a step and
+at its logged rows. Nothing here changes what is trained: kNN runs on a copy of the backbone in eval mode, the
+pictures read the embeddings the training step computed anyway (the method exposes them detached), the probe
+trains on detached features with its own optimiser.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from torch import nn
-from tqdm import tqdm
 
 from barlowtwins.atomic import atomic_write_bytes
-from barlowtwins.config import MonitorConfig, PretrainConfig
+from barlowtwins.config import AugmentConfig, KnnConfig, MonitorConfig
 from barlowtwins.data import ImageSource, in_memory, open_source, resolve_workers
 from barlowtwins.data.cache import DecodedImages
 from barlowtwins.data.loaders import decoded
 from barlowtwins.evaluate.features import extract
 from barlowtwins.evaluate.knn import knn_accuracy
-from barlowtwins.losses.barlow_twins import BATCH_NORM_EPS
+from barlowtwins.losses.barlow_twins import standardize_local
 from barlowtwins.plots import correlation_figure, spectrum_figure
-from barlowtwins.views import eval_resize
+from barlowtwins.views import CropNormalize, eval_resize
+
+logger = logging.getLogger(__name__)
 
 RANKME_EPS = 1e-7  # Garrido et al. 2023's epsilon in p_k = sigma_k / ||sigma||_1 + eps
 CONSTANT_TOLERANCE = 1e-4  # a dimension whose std along the batch is below this share of its mean is constant
 
 
-def standardized(z: torch.Tensor, eps: float = BATCH_NORM_EPS) -> torch.Tensor:
-    """``z`` (N, D) with mean 0 and biased variance 1 along this process's batch, in fp32 (as the loss, eq. 2)."""
-    z = z.float()
-    centered = z - z.mean(dim=0)
-    return centered * torch.rsqrt(centered.square().mean(dim=0) + eps)
-
-
 def cross_correlation(z_a: torch.Tensor, z_b: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """C[:block, :block] of paper eq. 2: standardisation is per dimension, so the block needs those columns only."""
-    za, zb = standardized(z_a[:, :block]), standardized(z_b[:, :block])
+    za, zb = standardize_local(z_a[:, :block]), standardize_local(z_b[:, :block])
     return za.T @ zb / len(za)
 
 
 def singular_values(z: torch.Tensor) -> torch.Tensor:
     """Singular values of the standardised embeddings, largest first (min(N, D) of them)."""
-    return torch.linalg.svdvals(standardized(z))
+    return torch.linalg.svdvals(standardize_local(z))
 
 
 def effective_rank(values: torch.Tensor, eps: float = RANKME_EPS) -> float:
@@ -145,19 +138,42 @@ class OnlineProbe:
 def eval_batches(
     images: DecodedImages, size: int, mean, std, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    """Test-time views of decoded images (stored at the resize side): centre crop ``size``, scale to [0, 1] and
-    normalise as ``views.eval_transform`` does, in ``(images, labels, ids)`` batches."""
+    """Test-time views of decoded images stored at the resize side (``views.eval_resize``), finished by the
+    evaluation transform's own :class:`~barlowtwins.views.CropNormalize`, in ``(images, labels, ids)`` batches."""
+    view = CropNormalize(size, mean, std)
     for start in range(0, len(images), batch_size):
         rows = np.arange(start, min(start + batch_size, len(images)))
-        x = TF.center_crop(images.batch(rows).float().div(255), [size, size])
-        yield TF.normalize(x, mean, std), torch.from_numpy(images.labels[rows]), [images.ids[i] for i in rows]
+        yield view(images.batch(rows)), torch.from_numpy(images.labels[rows]), [images.ids[i] for i in rows]
 
 
-def _first(source: ImageSource, entries, config: PretrainConfig, count: int) -> ImageSource:
+def _first(source: ImageSource, entries: tuple[str, ...], root: str, download: bool, count: int) -> ImageSource:
     """The first ``count`` samples of an opened source (map-style), or re-opened with a limit (shards)."""
     if source.samples is not None:
         return in_memory(source.samples.subset(range(min(count, source.num_samples))), source.description)
-    return open_source(entries, config.data.root, config.data.download, count)
+    return open_source(entries, root, download, count)
+
+
+def knn_images(
+    source: ImageSource,
+    train: tuple[str, ...],
+    eval_data: tuple[str, ...],
+    root: str,
+    download: bool,
+    bank_limit: int,
+    query_limit: int,
+    image_size: int,
+    cache: str,
+    cache_dir: str,
+    workers: int,
+) -> tuple[DecodedImages, DecodedImages]:
+    """The monitor's kNN (bank, queries): the first ``bank_limit`` samples of the training ``source`` (opened from
+    ``train``) and the first ``query_limit`` of ``eval_data``, decoded once at the test-time resize side
+    (``views.eval_resize``) in the store ``cache`` picks ("off" counts as "auto": keeping them is the point)."""
+    mode, side, workers = cache if cache != "off" else "auto", eval_resize(image_size), resolve_workers(workers)
+    queries = open_source(eval_data, root, download, query_limit, what="--eval-data")
+    queries = decoded(queries, side, mode, cache_dir, workers)
+    bank = decoded(_first(source, train, root, download, bank_limit), side, mode, cache_dir, workers)
+    return bank, queries
 
 
 class Monitor:
@@ -167,82 +183,95 @@ class Monitor:
 
     def __init__(
         self,
-        config: PretrainConfig,
         method: nn.Module,
-        source: ImageSource,
+        run,
         steps_per_epoch: int,
         device: torch.device,
-        run,
+        *,
+        bank: DecodedImages | None = None,
+        queries: DecodedImages | None = None,
+        training_labels: np.ndarray | None = None,
+        image_size: int = AugmentConfig.image_size,
+        mean: tuple[float, float, float] = AugmentConfig.mean,
+        std: tuple[float, float, float] = AugmentConfig.std,
+        knn_k: int = KnnConfig.k[0],
+        knn_temperature: float = KnnConfig.temperature,
+        knn_batch_size: int = KnnConfig.batch_size,
+        knn_every_epochs: float = MonitorConfig.knn_every_epochs,
+        knn_bank_limit: int = MonitorConfig.knn_bank_limit,
+        probe: bool = MonitorConfig.probe,
+        probe_lr: float = MonitorConfig.probe_lr,
+        picture_every: int = MonitorConfig.picture_every,
+        picture_block: int = MonitorConfig.picture_block,
+        alarm_rank_fraction: float = MonitorConfig.alarm_rank_fraction,
+        alarm_constant: float = MonitorConfig.alarm_constant,
         state: dict[str, Any] | None = None,
     ):
-        """Decode the kNN bank and queries once (main process), build the probe, say in one line what is on."""
-        self.config, self.settings, self.run, self.method = config, config.monitor, run, method
-        self.steps_per_epoch, self.device = steps_per_epoch, device
+        """kNN on ``bank`` and ``queries`` (from :func:`knn_images`, main process), the probe on the classes their
+        labels and ``training_labels`` know, the pictures; says in one line what is on. Defaults: the config's."""
+        self.run, self.method, self.steps_per_epoch, self.device = run, method, steps_per_epoch, device
+        self.image_size, self.mean, self.std = image_size, mean, std
+        self.knn_k, self.knn_temperature, self.knn_batch_size = knn_k, knn_temperature, knn_batch_size
+        self.knn_every_epochs, self.probe_lr = knn_every_epochs, probe_lr
+        self.picture_every, self.picture_block = picture_every, picture_block
+        self.alarm_rank_fraction, self.alarm_constant = alarm_rank_fraction, alarm_constant
         self.bank = self.queries = self.probe = None
         if not run.main:
             return
-        w, d, notes = self.settings, config.data, []
-        if w.knn_every_epochs != 0 and d.eval:
-            limit = min(d.eval_limit or w.knn_query_limit, w.knn_query_limit)
-            self.queries = self._decode(open_source(d.eval, d.root, d.download, limit, what="--eval-data"))
-            limit = min(d.limit or w.knn_bank_limit, w.knn_bank_limit)
-            self.bank = self._decode(_first(source, d.train, config, limit))
-            if (self.bank.labels < 0).all():
+        notes = []
+        if bank is not None:
+            self.bank, self.queries = bank, queries
+            if (bank.labels < 0).all():
                 notes.append("kNN off: the training data (the bank) has no labels")
                 self.bank = None
             else:
-                every = "at ~10 epoch ends" if w.knn_every_epochs < 0 else f"every {w.knn_every_epochs:g} epochs"
+                every = "at ~10 epoch ends" if knn_every_epochs < 0 else f"every {knn_every_epochs:g} epochs"
                 notes.append(
-                    f"kNN (k={config.knn.k[0]}) {every} on {len(self.queries)} samples of data.eval, the bank "
-                    f"the first {len(self.bank)} training samples (monitor.knn_bank_limit {w.knn_bank_limit})"
+                    f"kNN (k={knn_k}) {every} on {len(queries)} samples of data.eval, the bank "
+                    f"the first {len(bank)} training samples (monitor.knn_bank_limit {knn_bank_limit})"
                 )
         exposes = hasattr(method, "expose_embeddings")
-        if w.probe and exposes:
-            self.probe = self._make_probe(source, notes)
+        if probe and exposes:
+            self.probe = self._make_probe(training_labels, notes)
             if self.probe is not None and state and state.get("probe"):
                 self.probe.load_state_dict(state["probe"])
-        if w.picture_every != 0 and exposes:
-            every = "at epoch ends" if w.picture_every < 0 else f"every {w.picture_every} steps"
+        if picture_every != 0 and exposes:
+            every = "at epoch ends" if picture_every < 0 else f"every {picture_every} steps"
             notes.append(f"pictures of C and the spectrum {every} in {run.path / 'monitor'}")
-        method.expose_embeddings = exposes and (self.probe is not None or w.picture_every != 0)
-        print("monitor: " + ("; ".join(notes) or "off"), flush=True)
+        method.expose_embeddings = exposes and (self.probe is not None or picture_every != 0)
+        logger.info("monitor: %s", "; ".join(notes) or "off")
 
-    def _decode(self, source: ImageSource) -> DecodedImages:
-        d, size = self.config.data, self.config.augment.image_size
-        mode = d.cache if d.cache != "off" else "auto"
-        return decoded(source, eval_resize(size), mode, d.cache_dir, resolve_workers(d.workers))
-
-    def _make_probe(self, source: ImageSource, notes: list[str]) -> OnlineProbe | None:
-        labels = [x.labels for x in (self.bank, self.queries) if x is not None]
-        if source.samples is not None:
-            labels.append(np.asarray(source.samples.labels))
-        top = max((int(x.max()) for x in labels if len(x)), default=-1)
+    def _make_probe(self, training_labels: np.ndarray | None, notes: list[str]) -> OnlineProbe | None:
+        labels = [images.labels for images in (self.bank, self.queries) if images is not None]
+        if training_labels is not None:
+            labels.append(np.asarray(training_labels))
+        top = max((int(known.max()) for known in labels if len(known)), default=-1)
         if top < 0:
             notes.append("online probe off: no labels known (unlabelled data, or shards without --eval-data)")
             return None
         notes.append(f"online linear probe on {top + 1} classes")
-        return OnlineProbe(self.method.feature_dim, top + 1, self.settings.probe_lr, self.device)
+        return OnlineProbe(self.method.feature_dim, top + 1, self.probe_lr, self.device)
 
     def train_probe(self, terms: dict[str, Any], labels: torch.Tensor) -> None:
         """One probe step on the step's detached view-A features; off (with a note) for an unlabelled batch."""
         if self.probe is None:
             return
         if (torch.as_tensor(labels) < 0).all():
-            print("monitor: online probe off: the training batches carry no labels", flush=True)
+            logger.info("monitor: online probe off: the training batches carry no labels")
             self.probe = None
             return
         self.probe.step(terms["h_a"], torch.as_tensor(labels))
 
     def _knn_due(self, step: int, total: int) -> bool:
-        every, spe = self.settings.knn_every_epochs, self.steps_per_epoch
-        if self.bank is None:
+        every, epoch = self.knn_every_epochs, self.steps_per_epoch
+        if self.bank is None or every == 0:
             return False
         if every > 0:
-            return step % max(1, round(every * spe)) == 0 or step == total
-        return step == total or (step % spe == 0 and step * 10 // total != (step - spe) * 10 // total)
+            return step % max(1, round(every * epoch)) == 0 or step == total
+        return step == total or (step % epoch == 0 and step * 10 // total != (step - epoch) * 10 // total)
 
     def _picture_due(self, step: int, total: int) -> bool:
-        every = self.settings.picture_every
+        every = self.picture_every
         if not self.method.expose_embeddings or every == 0:
             return False
         return step == total or step % (every if every > 0 else self.steps_per_epoch) == 0
@@ -264,14 +293,15 @@ class Monitor:
 
     def knn(self) -> dict[str, Any]:
         """kNN top-1 (percent) of the current backbone (a copy, eval mode) on the cached bank and queries."""
-        a, knn = self.config.augment, self.config.knn
         backbone = copy.deepcopy(self.method.backbone)  # extract() sets eval mode and the memory format
+        view = (self.image_size, self.mean, self.std, self.knn_batch_size)
         bank, queries = (
-            extract(backbone, eval_batches(x, a.image_size, a.mean, a.std, knn.batch_size), self.device)
-            for x in (self.bank, self.queries)
+            extract(backbone, eval_batches(images, *view), self.device) for images in (self.bank, self.queries)
         )
-        k = knn.k[0]
-        accuracy = knn_accuracy(bank.features, bank.labels, queries.features, queries.labels, (k,), knn.temperature)
+        k = self.knn_k
+        accuracy = knn_accuracy(
+            bank.features, bank.labels, queries.features, queries.labels, (k,), self.knn_temperature
+        )
         return {"knn_top1": accuracy[k], "knn_k": k, "knn_bank": len(self.bank)}
 
     @torch.no_grad()
@@ -279,8 +309,8 @@ class Monitor:
         """C's block and the spectrum as PNGs (monitor/ and TensorBoard), the effective rank, the alarm."""
         values = singular_values(z_a).cpu()
         rank = effective_rank(values)
-        diag_mean = (standardized(z_a) * standardized(z_b)).mean(dim=0).mean().item()  # mean diag(C), all D
-        block = cross_correlation(z_a, z_b, self.settings.picture_block).cpu().numpy()
+        diag_mean = (standardize_local(z_a) * standardize_local(z_b)).mean(dim=0).mean().item()  # mean diag(C), all D
+        block = cross_correlation(z_a, z_b, self.picture_block).cpu().numpy()
         folder = self.run.path / "monitor"
         folder.mkdir(exist_ok=True)
         for name, figure in (
@@ -292,10 +322,10 @@ class Monitor:
             atomic_write_bytes(path.read_bytes(), folder / f"{name}.png")  # the latest, never half-written
             self.run.add_figure(f"monitor/{name}", figure, step)
         constant = constant_fraction(z_a)
-        w = self.settings
-        alarm = collapse_alarm(rank, constant, z_a.shape[0], z_a.shape[1], w.alarm_rank_fraction, w.alarm_constant)
+        batch, width = z_a.shape
+        alarm = collapse_alarm(rank, constant, batch, width, self.alarm_rank_fraction, self.alarm_constant)
         if alarm:
-            tqdm.write(f"barlowtwins: warning: collapse at step {step}: {alarm}", file=sys.stderr)
+            logger.warning("collapse at step %d: %s", step, alarm)
         return {"effective_rank": rank, "c_diag_mean": diag_mean, "constant_dims": constant, "alarm": alarm}
 
     def state_dict(self) -> dict[str, Any] | None:

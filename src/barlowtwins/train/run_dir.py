@@ -1,15 +1,17 @@
 """The run directory: everything needed to trace a result to what produced it, and to resume.
 
 ``config.yaml`` (the resolved config), ``meta.json`` (versions, commit, machine, command),
-``metrics.jsonl`` (one line per logged step), ``tensorboard/``, ``checkpoint.pt`` (rewritten atomically)
-and ``loss.png``. Only the main process writes; every process loads the checkpoint to resume. The main
-process holds ``.lock`` while it runs, so a second run on the same directory is refused.
+``metrics.jsonl`` (one line per logged step), ``tensorboard/``, ``checkpoint.pt`` and the one before it,
+``checkpoint.prev.pt`` (rotated atomically: a run resumes from the newest whole one), and ``loss.png``. Only
+the main process writes; every process loads the checkpoint to resume. The main process holds ``.lock`` while
+it runs, so a second run on the same directory is refused.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -21,12 +23,16 @@ import yaml
 from torch import nn
 
 from barlowtwins import distributed
-from barlowtwins.atomic import atomic_save, atomic_write_text, remove_stale_temporaries
-from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint
+from barlowtwins.atomic import atomic_write_text, remove_stale_temporaries
+from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, TRAINING, finish_rotation, resume_state, save_rotating
 from barlowtwins.config import PretrainConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten, incompatible_changes
 from barlowtwins.runtime import package_version, run_metadata
+from barlowtwins.train.budget import Budget
+from barlowtwins.validation import parse_duration
+
+logger = logging.getLogger(__name__)
 
 
 class RunLock:
@@ -77,6 +83,14 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
+def planned_steps(config: PretrainConfig, max_steps: int | None, saved_plan: int | None) -> int | None:
+    """The steps a resumed run trains to: ``max_steps`` (the epochs'), or a time budget's saved plan within it,
+    as :class:`~barlowtwins.train.budget.Budget` plans them; None when ``max_steps`` is not given."""
+    if max_steps is None:
+        return None
+    return Budget(parse_duration(config.train.time_budget), max_steps, planned=saved_plan).total_steps
+
+
 class RunDir:
     """A run directory, used as a context manager around the training loop (closes the logs)."""
 
@@ -96,29 +110,47 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
+            completed = finish_rotation(self.path / CHECKPOINT_NAME, FORMAT, TRAINING)  # before the cleanup
             freed = remove_stale_temporaries(self.path)
         except BarlowTwinsError as error:
             return str(error)
         except OSError as error:
             return f"cannot write the run directory {self.path} ({error.strerror}); pass another --out"
+        if completed:
+            logger.warning(completed)
         if freed:
-            print(f"removed temporary files of interrupted writes in {self.path} ({freed / 1e6:.1f} MB)", flush=True)
+            logger.info("removed temporary files of interrupted writes in %s (%.1f MB)", self.path, freed / 1e6)
         return None
 
     def _truncate_metrics(self, step: int) -> None:
         truncate_metrics(self.path / "metrics.jsonl", step)
 
     def start(
-        self, config: PretrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+        self,
+        config: PretrainConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        max_steps: int | None = None,
+        eval_only: bool = False,
     ) -> dict[str, Any]:
         """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its progress
-        (``step``, ``train_seconds``, ``total_steps``); else write ``config.yaml`` and ``meta.json`` of a new run."""
+        (``step``, ``train_seconds``, ``total_steps``, ``finished``: the checkpoint has all the steps planned of
+        ``max_steps``, the epochs' steps); else write ``config.yaml`` and ``meta.json`` of a new run.
+        ``eval_only``: only a finished run is accepted, and nothing in it changes."""
+        if eval_only and not (self.path / CHECKPOINT_NAME).is_file():
+            raise BarlowTwinsError(
+                f"--eval-only: {self.path} holds no run to evaluate (no {CHECKPOINT_NAME}); run without --eval-only "
+                "to train it first"
+            )
         problem = distributed.broadcast_object(self._claim() if self.main else None)
         if problem:
             self._lock.release()
             raise BarlowTwinsError(problem)
-        if (self.path / CHECKPOINT_NAME).is_file():
-            state = load_checkpoint(self.path)
+        state, note = resume_state(self.path / CHECKPOINT_NAME, FORMAT, TRAINING, set_aside=self.main)
+        if note and self.main:
+            logger.warning(note)
+        if state is not None:
             changes = incompatible_changes(state["config"], config)
             if changes:
                 saved, now = flatten(state["config"]), flatten(config.to_dict())
@@ -131,17 +163,37 @@ class RunDir:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             self.saved_step = state["step"]
-            if self.main:
+            finished = self._finished(config, state, max_steps, eval_only)
+            if self.main and not finished:
                 self._truncate_metrics(state["step"])
-                print(f"resuming {self.path} from epoch {state['epoch']}, step {state['step']}", flush=True)
-            return {key: state.get(key) for key in ("step", "train_seconds", "total_steps", "monitor", "precision")}
+                logger.info("resuming %s from epoch %s, step %s", self.path, state["epoch"], state["step"])
+            keys = ("step", "train_seconds", "total_steps", "monitor", "precision")
+            return {**{key: state.get(key) for key in keys}, "finished": finished}
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
             atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
-        return {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None, "precision": None}
+        fresh = {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None, "precision": None}
+        return {**fresh, "finished": False}
+
+    def _finished(self, config: PretrainConfig, state: dict[str, Any], max_steps: int | None, eval_only: bool) -> bool:
+        """Whether the checkpoint ``state`` has every step planned (:func:`planned_steps`); ``eval_only`` (which
+        needs a finished run) on an unfinished one is an error."""
+        planned = planned_steps(config, max_steps, state.get("total_steps"))
+        finished = planned is not None and state["step"] >= planned
+        if eval_only and not finished:
+            self.release()
+            raise BarlowTwinsError(
+                f"--eval-only: {self.path} is not finished (step {state['step']} of {planned}); run without "
+                f"--eval-only to finish it, or 'barlowtwins knn --checkpoint {self.path}' for this checkpoint"
+            )
+        return finished
+
+    def release(self) -> None:
+        """Let another run use the directory (a finished run re-run leaves without training)."""
+        self._lock.release()
 
     def __enter__(self) -> RunDir:
         if self.main:
@@ -208,7 +260,7 @@ class RunDir:
     def _write_checkpoint(self, state: dict[str, Any], step: int) -> str | None:
         """Write ``checkpoint.pt`` atomically; returns what went wrong (the previous checkpoint is intact)."""
         try:
-            atomic_save(state, self.path / CHECKPOINT_NAME)
+            save_rotating(state, self.path / CHECKPOINT_NAME)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             kept = f"the checkpoint of step {self.saved_step} is intact" if self.saved_step else "no checkpoint yet"
             return (
