@@ -3,7 +3,7 @@
 # against random initialisation, 3 seeds each. The two runs of a seed (pretrained, random) run side by side, one
 # core and one loader worker each, so both see the same machine at the same moments (other load slows both alike);
 # about 20 + 3 x 25 minutes on a 2-core CPU. Results land in docs/detection/raccoon-20m/ (no checkpoints).
-# Usage: bash docs/detection/raccoon-compare.sh [--skip-pretrain]
+# Usage: [SEEDS="0 1 2"] bash docs/detection/raccoon-compare.sh [--skip-pretrain]
 set -euo pipefail
 D=../shared/data/cifar10
 OUT=docs/detection/raccoon-20m
@@ -21,7 +21,7 @@ detect() {  # detect INIT SEED
   mkdir -p "$OUT/$1-$2"
   cp "runs/raccoon-$1-$2/eval/detection.json" "runs/raccoon-$1-$2/config.yaml" "$OUT/$1-$2/"
 }
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   detect pretrained "$seed" &
   detect random "$seed" &
   wait

@@ -23,16 +23,16 @@ from torch import nn
 from tqdm import tqdm
 
 from barlowtwins import distributed, methods
-from barlowtwins.config import EvalInputs, PretrainConfig
+from barlowtwins.config import PretrainConfig
 from barlowtwins.data import ImageSource, open_source
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.evaluate import knn
 from barlowtwins.methods import METHODS
 from barlowtwins.models.backbones import CUSTOM, Backbone, initial_backbone
 from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
 from barlowtwins.train.budget import Budget
 from barlowtwins.train.divergence import FiniteWatch
+from barlowtwins.train.end import evaluate_run, finished_run
 from barlowtwins.train.inputs import view_batches
 from barlowtwins.train.monitor import Monitor, knn_images
 from barlowtwins.train.preemption import Preemption
@@ -113,7 +113,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
         config, setup.method, setup.optimizer, scaler, training.epochs * setup.steps_per_epoch, eval_only
     )
     if progress["finished"]:
-        return _finished_run(config, run, progress["step"], eval_only)
+        return finished_run(config, run, progress["step"], eval_only)
     monitor = _monitor(config, setup, run, progress["monitor"])
     run.extra_state = monitor.state_dict  # the online probe's state goes into each checkpoint
     step = progress["step"]
@@ -374,7 +374,7 @@ def _finish(config: PretrainConfig, setup: _Setup, run: RunDir, budget: Budget) 
         return
     run.plot(setup.method.terms, setup.method.diagnostics)
     started = time.perf_counter()
-    _evaluate(config, run.path)
+    evaluate_run(config, run.path)
     minutes = {
         "train_minutes": budget.spent / 60,
         "monitor_minutes": budget.paused_seconds / 60,  # this session's kNN and pictures while training
@@ -386,53 +386,4 @@ def _finish(config: PretrainConfig, setup: _Setup, run: RunDir, budget: Budget) 
         minutes["train_minutes"],
         minutes["monitor_minutes"],
         minutes["eval_minutes"],
-    )
-
-
-def _evaluate(config: PretrainConfig, run_dir: Path) -> None:
-    """kNN of the run's backbone beside its random-init floor on ``data.eval`` (eval/knn.json), if set."""
-    if config.data.eval and config.model.arch == CUSTOM:
-        logger.info("kNN skipped: a custom backbone cannot be rebuilt by name; use evaluate.knn.knn_eval from Python")
-    elif config.data.eval:
-        knn.run(eval_inputs(config, run_dir), config.knn)
-
-
-def _finished_run(config: PretrainConfig, run: RunDir, step: int, eval_only: bool) -> Path:
-    """A re-run of a finished run changes nothing in it, unless ``eval_only``, or its evaluation is missing
-    (interrupted after training): then the evaluation runs."""
-    run.release()
-    distributed.shutdown()
-    results = run.path / "eval" / "knn.json"
-    if not run.main:
-        return run.path
-    if eval_only:
-        logger.info("evaluating the finished run %s (step %s) again; %s is rewritten", run.path, step, results)
-    elif config.data.eval and config.model.arch != CUSTOM and not results.is_file():
-        logger.info("%s is finished (step %s) but has no %s yet: evaluating it", run.path, step, results)
-    else:
-        logger.info(
-            "%s is finished (step %s): nothing to do, nothing changed; --eval-only evaluates it again "
-            "(overwriting its eval/knn.json), a larger --epochs trains it further",
-            run.path,
-            step,
-        )
-        return run.path
-    _evaluate(config, run.path)
-    return run.path
-
-
-def eval_inputs(config: PretrainConfig, run_dir: Path) -> EvalInputs:
-    """What the evaluations read after pretraining: this run's checkpoint, its training data as the labelled
-    bank, ``data.eval`` as the test set; image settings and the random-init floor come from the checkpoint."""
-    data = config.data
-    return EvalInputs(
-        checkpoint=str(run_dir),
-        train_data=data.train,
-        test_data=data.eval,
-        limit=data.limit,
-        test_limit=data.eval_limit,
-        data_root=data.root,
-        download=data.download,
-        device=config.train.device,
-        workers=data.workers,
     )
