@@ -46,7 +46,13 @@ def main(directory: Path) -> None:
         margin = summary["pretrained"][metric]["mean"] - summary["random"][metric]["mean"]
         noise = max(summary["pretrained"][metric]["std"], summary["random"][metric]["std"])
         summary.setdefault("margin", {})[metric] = {"margin": margin, "noise": noise, "ratio": margin / noise}
-        lines.append(f"- {metric}: {margin:+.1f} points, noise {noise:.1f} ({margin / noise:.1f}×)")
+        pairs = list(zip(runs["pretrained"], runs["random"], strict=True))
+        ahead = sum(a[metric] > b[metric] for a, b in pairs)
+        summary["margin"][metric]["pretrained_ahead"] = f"{ahead} of {len(pairs)}"
+        lines.append(
+            f"- {metric}: {margin:+.1f} points, noise {noise:.1f} ({margin / noise:.1f}×); "
+            f"pretrained ahead in {ahead} of {len(pairs)} seeds"
+        )
     (directory / "summary.md").write_text("\n".join(lines) + "\n")
     (directory / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))
