@@ -90,6 +90,16 @@ def test_no_recipe_says_so_and_data_too_small_for_it_names_a_small_data_recipe(t
     assert not (tmp_path / "runs").exists()
 
 
+def test_views_names_its_own_way_to_set_a_batch_that_fits(tmp_path, capsys):
+    """``views`` has no --batch-size: the shared batch check names the --set key that sets it."""
+    folder = images(tmp_path / "my_folder", 60)
+    line = refused(
+        capsys, "views", "--data", str(folder), "--recipe", "cifar10-cpu", "--count", "2", "--out", str(tmp_path / "v")
+    )
+    assert "batch size 128 is larger than the dataset (60 samples)" in line
+    assert "pass --set train.batch_size=32 (or less)" in line and "--batch-size" not in line
+
+
 def test_data_replacing_the_recipe_data_drops_its_evaluation_data_unless_given_again(tmp_path, capsys):
     assert make_config("demo").data.eval == ("digits:test",)
     assert make_config("demo", [override("data.train", ["my_folder"])]).data.eval == ()

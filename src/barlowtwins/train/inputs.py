@@ -42,6 +42,7 @@ from barlowtwins.data.cropped import cropped_training_batches, streamed_cropped_
 from barlowtwins.data.loaders import cached_training_batches, decoded, store_mode
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.runtime import select_device
+from barlowtwins.train.preflight import check_batch_size
 from barlowtwins.views import pair_settings, two_views
 
 WHOLE_BATCH_LIMIT = 2  # whole-batch crops (roi_align) for stored images at most this many times the view's side
@@ -160,13 +161,9 @@ def time_views(config: PretrainConfig, count: int, device: torch.device | None =
 
 
 def _checked_source(config: PretrainConfig) -> ImageSource:
-    d, batch = config.data, config.train.batch_size
+    d = config.data
     source = open_source(d.train, d.root, d.download, d.limit)
-    if source.num_samples < batch:
-        raise BarlowTwinsError(
-            f"batch size {batch} is larger than the dataset ({source.num_samples} samples); "
-            "lower it with --set train.batch_size=N"
-        )
+    check_batch_size(config.train.batch_size, source.num_samples, flag="--set train.batch_size=")
     return source
 
 

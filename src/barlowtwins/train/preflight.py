@@ -14,8 +14,9 @@ from barlowtwins.models.backbones import CUSTOM
 from barlowtwins.recipes import small_data_recipes
 
 
-def check_batch_size(batch_size: int, num_samples: int) -> None:
-    """A batch larger than the data gives no step; the error names a batch that fits and the small-data recipes."""
+def check_batch_size(batch_size: int, num_samples: int, flag: str = "--batch-size ") -> None:
+    """A batch larger than the data gives no step; the error names a batch that fits (set with ``flag``, the
+    command's way to set it) and the small-data recipes."""
     if num_samples >= batch_size:
         return
     fits = 2 ** int(np.log2(max(num_samples, 2)))  # the largest power of two within the data
@@ -23,7 +24,7 @@ def check_batch_size(batch_size: int, num_samples: int) -> None:
         f"--recipe {name} (batch {batch}, {size} px views)" for name, batch, size in small_data_recipes()
     )
     raise BarlowTwinsError(
-        f"batch size {batch_size} is larger than the dataset ({num_samples} samples); pass --batch-size {fits} "
+        f"batch size {batch_size} is larger than the dataset ({num_samples} samples); pass {flag}{fits} "
         f"(or less), and for a dataset this small a recipe made for small data: {recipes}"
     )
 
