@@ -1,7 +1,7 @@
 """CIFAR-size data after the full-size change: the training path's pairs/s against the previous path's, one run.
 
 The previous loop called ``loaders.cached_training_batches`` on a square store of the images at the view size;
-today's loop calls ``train.inputs.view_batches``, which stores images whole and, for images of one small shape
+today's loop calls ``views.batches.view_batches``, which stores images whole and, for images of one small shape
 stored as they are (CIFAR-10), takes the same whole-batch path (tests/data/test_fullsize.py checks the batches are
 bit for bit the previous ones). This times both, alternating, on the same data and settings (the ``cifar10-cpu``
 recipe's views, batch 128), data + views alone, and prints pairs/s and their ratio.
@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from barlowtwins.batched_views import training_views
 from barlowtwins.data import open_source
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.inputs import view_batches
+from barlowtwins.views.batched import training_views
+from barlowtwins.views.batches import view_batches
 
 CPU = torch.device("cpu")
 

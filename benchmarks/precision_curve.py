@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from barlowtwins.batched_views import training_views
 from barlowtwins.data import open_source, resolve_workers
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.optim import lr_factor, set_learning_rate
 from barlowtwins.recipes import make_config, override
 from barlowtwins.train.loop import build_method, run_optimizer, train_step
+from barlowtwins.views.batched import training_views
 
 BATCH = 256
 SCHEDULE_EPOCHS, WARMUP_EPOCHS = 4, 0.27  # the second bullet: 780 steps, warm-up 0.27 epoch

@@ -23,9 +23,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from barlowtwins.crops import full_resolution_side, resized_crop, sample_crop_boxes
 from barlowtwins.data.cache import full_shape, stored_full, stored_image
 from barlowtwins.data.decode import decode
+from barlowtwins.views.crops import full_resolution_side, resized_crop, sample_crop_boxes
 
 SIZE, SCALE = 224, (0.08, 1.0)  # the paper's views
 IMAGENET_TRAIN = 1_281_167
@@ -41,7 +41,7 @@ def crop_error(
     scale = (image.width / original.width, image.height / original.height)
     errors, reduced = [], 0
     for box in sample_crop_boxes(crops, original.height, original.width, SCALE, generator).tolist():
-        ours = resized_crop(image, box, scale, SIZE).astype(np.float32)
+        ours = resized_crop(image, box, scale, SIZE).permute(1, 2, 0).numpy().astype(np.float32)
         ref = np.asarray(TF.resized_crop(original, *box, [SIZE, SIZE], interpolation=TF.InterpolationMode.BICUBIC))
         errors.append(np.abs(ours - ref).mean())
         reduced += min(box[2] * scale[1], box[3] * scale[0]) < min(SIZE, box[2], box[3]) - 0.5
@@ -57,7 +57,7 @@ def square_errors(original: Image.Image, crops: int, generator: torch.Generator)
     left0, top0 = (original.width - short) / 2, (original.height - short) / 2
     errors = []
     for top, left, h, w in sample_crop_boxes(crops, SIZE, SIZE, SCALE, generator).tolist():
-        ours = resized_crop(stored, (top, left, h, w), (1.0, 1.0), SIZE).astype(np.float32)
+        ours = resized_crop(stored, (top, left, h, w), (1.0, 1.0), SIZE).permute(1, 2, 0).numpy().astype(np.float32)
         box = [round(top0 + top * factor), round(left0 + left * factor), round(h * factor), round(w * factor)]
         ref = np.asarray(TF.resized_crop(original, *box, [SIZE, SIZE], interpolation=TF.InterpolationMode.BICUBIC))
         errors.append(np.abs(ours - ref).mean())

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from barlowtwins.batched_views import batched_two_views
 from barlowtwins.data import open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
 from barlowtwins.train.loop import build_method, run_optimizer, train_step
-from barlowtwins.views import pair_settings, two_views
+from barlowtwins.views.batched import batched_two_views
+from barlowtwins.views.per_sample import pair_settings, two_views
 
 CPU = torch.device("cpu")
 BATCH = 256

@@ -1,7 +1,7 @@
 """Throughput of the two distorted views of paper §2.2: per-sample PIL path against the batched tensor path.
 
-Pairs per second (two views of one image) for (a) ``augment.two_views`` applied image by image to PIL images
-in this process (decoding excluded), (b) ``batched_views.batched_two_views`` on one uint8 (N, 3, H, W) tensor
+Pairs per second (two views of one image) for (a) ``views.per_sample.two_views`` applied image by image to PIL images
+in this process (decoding excluded), (b) ``views.batched.batched_two_views`` on one uint8 (N, 3, H, W) tensor
 and (c) kornia.augmentation's nearest pipeline, if kornia is installed (uint8 -> float conversion included,
 as in (b)). Each case times the paths in interleaved repeats and reports medians; ratios are against (a)
 measured in the same run, so a shared, busy machine slows all three alike.
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from barlowtwins.batched_views import batched_two_views
 from barlowtwins.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
-from barlowtwins.views import blur_kernel_size, two_views
+from barlowtwins.views.batched import batched_two_views
+from barlowtwins.views.colour import blur_kernel_size
+from barlowtwins.views.per_sample import two_views
 
 CIFAR_NORM = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD)
 # (label, input side, view side, blur_p per view)

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the CIFAR-10 shards in ../shared, required under CI, skipped elsewhere."""
+"""Shared test fixtures: the data in ../shared (CIFAR-10, raccoon, Imagenette), required under CI, skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 CIFAR_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 RACCOON_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon"
+IMAGENETTE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,9 @@ def cifar_dir() -> Path:
 def raccoon_dir() -> Path:
     """The raccoon photos in VOC layout (../shared/data/raccoon): 200 real full-size JPEGs with boxes."""
     return _shared(RACCOON_DIR / "JPEGImages", "the raccoon photos")
+
+
+@pytest.fixture
+def imagenette_dir() -> Path:
+    """Imagenette (../shared/data/imagenette): 9,469 / 3,925 real ImageNet photos of 10 classes, 224 px JPEGs."""
+    return _shared(IMAGENETTE_DIR / "val", "the Imagenette photos")

@@ -207,26 +207,37 @@ def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch
     return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
+def fitting_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """``state_dict`` without a ``module.`` prefix and without a classifier ``backbone`` lacks (torchvision's
+    ``fc``, a timm model's head), and what keeps it from fitting ``backbone`` ("" when it fits)."""
+    expected = backbone.state_dict()
+    heads = getattr(backbone, "pretrained_cfg", {}).get("classifier") or ()
+    heads = tuple(f"{h}." for h in ([heads] if isinstance(heads, str) else heads)) + ("fc.",)
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    state_dict = {k: v for k, v in state_dict.items() if k in expected or not k.startswith(heads)}
+    listed = {
+        "missing": sorted(set(expected) - set(state_dict)),
+        "unexpected": sorted(set(state_dict) - set(expected)),
+        "wrong shape": sorted(
+            f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state_dict and state_dict[k].shape != v.shape
+        ),
+    }
+    parts = [
+        f"{label}: " + ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+        for label, keys in listed.items()
+        if keys
+    ]
+    return state_dict, "; ".join(parts)
+
+
 def load_weights_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load backbone weights, tolerating only a missing/extra classifier; otherwise name what mismatches."""
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    )
-    if missing or unexpected or wrong_shape:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if keys:
-                shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-                parts.append(f"{label}: {shown}")
+    state_dict, problems = fitting_weights(backbone, state_dict)
+    if problems:
         raise BarlowTwinsError(
-            f"weights in {source} do not fit the architecture ({'; '.join(parts)}); check --arch and --small-stem"
+            f"weights in {source} do not fit the architecture ({problems}); check --arch and --small-stem"
         )
     backbone.load_state_dict(state_dict)
 
@@ -256,8 +267,8 @@ def load_backbone(
         state = load_file(checkpoint_path(path)) if Path(path).is_dir() else load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         model_config = saved_model_settings(state["config"])
-        _refuse_contradiction(path, "arch", arch, model_config["arch"])
-        _refuse_contradiction(path, "small_stem", small_stem, model_config["small_stem"])
+        refuse_contradiction(path, "arch", arch, model_config["arch"])
+        refuse_contradiction(path, "small_stem", small_stem, model_config["small_stem"])
         backbone, dim, _ = backbone or build_backbone(
             model_config["arch"], model_config["small_stem"], model_config["stem_stride"]
         )
@@ -269,8 +280,8 @@ def load_backbone(
     sidecar = Path(path).with_suffix(".json") if path is not None else None
     saved = json.loads(sidecar.read_text()) if sidecar is not None and sidecar.is_file() else {}
     if saved:
-        _refuse_contradiction(path, "arch", arch, saved.get("arch"))
-        _refuse_contradiction(path, "small_stem", small_stem, saved.get("small_stem"))
+        refuse_contradiction(path, "arch", arch, saved.get("arch"))
+        refuse_contradiction(path, "small_stem", small_stem, saved.get("small_stem"))
         arch = arch or saved.get("arch")
         small_stem = saved.get("small_stem", False) if small_stem is None else small_stem
         stem_stride = saved.get("stem_stride") if stem_stride is None else stem_stride
@@ -291,14 +302,13 @@ def load_backbone(
     return backbone, dim, info
 
 
-def _refuse_contradiction(path, name: str, given, saved) -> None:
-    """A setting passed for weights that record another value of it is an error naming both."""
+def refuse_contradiction(path, name: str, given, saved, fix: str | None = None) -> None:
+    """A setting passed for weights that record another value of it is an error naming both; ``fix`` says what
+    to do instead (default: drop the flag, the weights' own value is used)."""
     if given is not None and saved is not None and given != saved:
         flag = "--" + ("no-" if given is False else "") + name.replace("_", "-")
-        raise BarlowTwinsError(
-            f"{name} {given!r} contradicts {path}, whose weights are {name} {saved!r}; drop {flag} "
-            "(the weights' own value is used) or pass other weights"
-        )
+        fix = fix or f"drop {flag} (the weights' own value is used) or pass other weights"
+        raise BarlowTwinsError(f"{name} {given!r} contradicts {path}, whose weights are {name} {saved!r}; {fix}")
 
 
 def refuse_other_image_size(path: str | Path, image_size: int | None) -> None:

@@ -56,7 +56,7 @@ class DataConfig:
     # pipeline), "batch" (roi_align, bilinear, a whole batch at once), "auto": batch for images of one shape stored
     # as they are and at most twice the view's side (CIFAR, STL-10, the digits), else sample
     stored_size: int = 0  # cap on a stored image's shorter side, px (never enlarged); 0: every crop stays a
-    # reduction of the stored pixels (915 px for 224 px views from 8 % crops; train/inputs.stored_side)
+    # reduction of the stored pixels (915 px for 224 px views from 8 % crops; views/batches.stored_side)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class ModelConfig:
     predictor: str = ""  # widths of a predictor on branch A ("": none, "auto": projector's first width-output width)
     stop_gradient: bool = False  # no gradient through branch B (Table 6 (a), (c))
     momentum: float = 0.996  # BYOL's target-network momentum tau_base, raised to 1 by a cosine (Grill et al. 2020)
+    init: str = ""  # --init: weights a fresh run starts from (init_weights.py); a resumed run never re-reads them
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ class TrainConfig:
     time_budget: str = ""  # e.g. "20m", "90s", "1.5h": fit the schedule to the steps that fit ("": the epochs)
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between extra mid-epoch checkpoints (0: at the end of each epoch only)
+    # Low-resolution first (FFCV's progressive resizing; not in the paper): views A and B, made at
+    # augment.image_size, shrunk on the device to progressive_start px, grown linearly back to image_size between
+    # the two fractions of the run's steps (a schedule, like the learning rate's)
+    progressive_start: int = 0  # side of the first steps' views, px (0: augment.image_size throughout, as the paper)
+    progressive_ramp: tuple[float, float] = (0.5, 0.85)  # the growth starts / ends at these fractions of the run
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,18 @@ class TransferConfig:
     feature_bn: bool = False  # as LinearConfig.feature_bn
     svm_costs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # Goyal et al. 2019's grid, trimmed
     svm_folds: int = 3  # Goyal et al. 2019: 3-fold cross-validation of C
+
+
+@dataclass(frozen=True)
+class NeighboursConfig:
+    """``barlowtwins neighbours``: query photos beside their nearest photos, and TensorBoard projector files."""
+
+    queries: int = 8  # query photos drawn at random (with --seed) from --data when none is named
+    k: int = 8  # neighbours shown per query, by cosine similarity of the frozen backbone features
+    thumbnail: int = 96  # side of each photo in neighbours.png, px (centre square of the original photo)
+    projector_points: int = 4096  # bank samples written for TensorBoard's projector (a seeded draw if more; 0: none)
+    sprite_size: int = 48  # side of each projector thumbnail, px; the sprite (a square of them) must fit 8192 px
+    batch_size: int = KnnConfig.batch_size  # images per forward pass while extracting features
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def _replaced_eval(recipe_values: dict[str, Any], overrides: list[dict[str, Any]
     return _as_list(data["eval"])
 
 
-SMALL_DATA_RECIPES = ("cifar10-cpu", "demo")  # named when a dataset is too small for the batch
+SMALL_DATA_RECIPES = ("photos-cpu", "cifar10-cpu", "demo")  # named when a dataset is too small for the batch
 
 
 def small_data_recipes() -> list[tuple[str, int, int]]:

@@ -67,6 +67,7 @@ def validate(config: PretrainConfig) -> None:
         low, high = getattr(a, name)
         if not 0 < low <= high <= 1:
             raise BarlowTwinsError(f"augment.{name} must satisfy 0 < low <= high <= 1 (got {getattr(a, name)})")
+    _validate_progressive(t.progressive_start, t.progressive_ramp, a.image_size)
     probabilities = [a.flip_p, a.jitter_p, a.grayscale_p, *a.blur_p, *a.solarize_p]
     if any(not 0 <= p <= 1 for p in probabilities):
         raise BarlowTwinsError("augmentation probabilities must lie in [0, 1]")
@@ -157,6 +158,16 @@ def _size(count: int) -> str:
     return f"{count / scale:.2g} {unit}" if count < 10 * scale else f"{count / scale:.0f} {unit}"
 
 
+def _validate_progressive(start_side: int, ramp: tuple[float, float], image_size: int) -> None:
+    """Low resolution first: a first side within [8, image_size] and a ramp within the run."""
+    start, finish = ramp
+    if start_side and not (8 <= start_side <= image_size and 0 <= start <= finish <= 1):
+        raise BarlowTwinsError(
+            f"train.progressive_start must lie in [8, augment.image_size {image_size}] and train.progressive_ramp "
+            f"satisfy 0 <= start <= end <= 1 (got {start_side}, {list(ramp)}); 0 turns it off"
+        )
+
+
 def _between(low: float, high: float, text: str):
     return lambda v: low <= v < high, text
 
@@ -171,6 +182,7 @@ RANGES = {
     "stem_stride": (lambda v: v >= 1, ">= 1"),
     "small_views": (lambda v: v >= 0, ">= 0"),
     "small_size": (lambda v: v >= 1, ">= 1"),
+    "progressive_start": (lambda v: v >= 0, ">= 0 (0: off)"),
     "stored_size": (lambda v: v >= 0, ">= 0 (0: every crop a reduction of the stored image)"),
     "image_size": (lambda v: v is None or v >= 1, ">= 1"),
     "resize_ratio": (lambda v: v >= 0, ">= 0 (0: the default)"),
@@ -192,6 +204,10 @@ RANGES = {
     "log_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
     "k": (lambda v: v >= 1, ">= 1"),
+    "queries": (lambda v: v >= 1, ">= 1"),
+    "thumbnail": (lambda v: v >= 16, ">= 16"),
+    "projector_points": (lambda v: v >= 0, ">= 0 (0: no projector files)"),
+    "sprite_size": (lambda v: v >= 8, ">= 8"),
     "temperature": (lambda v: v > 0, "> 0"),
     "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "milestones": (lambda v: v >= 1, ">= 1"),

@@ -29,7 +29,20 @@ from barlowtwins.dataset_stats import (
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten, make_config, parse_override
 
-COMMANDS = ("pretrain", "demo", "export", "knn", "linear", "semi", "transfer", "embed", "ablate", "detect", "views")
+COMMANDS = (
+    "pretrain",
+    "demo",
+    "export",
+    "knn",
+    "linear",
+    "semi",
+    "transfer",
+    "embed",
+    "neighbours",
+    "ablate",
+    "detect",
+    "views",
+)
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -142,7 +155,7 @@ def test_every_pretrain_flag_sets_its_config_value(capsys):
     argv += ["--eval-limit", "6", "--workers", "0", "--method", "byol", "--arch", "resnet34", "--small-stem"]
     argv += ["--projector", "8-8", "--image-size", "16", "--lambd", "0.1", "--loss-formulation", "gram"]
     argv += ["--optimizer", "sgd", "--lr", "0.5", "--out", "o", "--epochs", "3", "--time-budget", "2m"]
-    argv += ["--batch-size", "16", "--precision", "fp32", "--device", "cpu", "--seed", "4"]
+    argv += ["--batch-size", "16", "--precision", "fp32", "--device", "cpu", "--seed", "4", "--init", "w.pth"]
     assert main(["pretrain", "--recipe", "demo", *argv, "--print-config"]) == 0
     config = flatten(yaml.safe_load(capsys.readouterr().out))
     expected = {
@@ -157,6 +170,7 @@ def test_every_pretrain_flag_sets_its_config_value(capsys):
         "model.arch": "resnet34",
         "model.small_stem": True,
         "model.projector": "8-8",
+        "model.init": "w.pth",
         "augment.image_size": 16,
         "loss.lambd": 0.1,
         "loss.formulation": "gram",

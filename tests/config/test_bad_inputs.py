@@ -343,7 +343,7 @@ def test_an_absurd_image_size_is_refused_before_the_cache_is_touched(tmp_path, c
     assert not cache.exists() and not out.exists()  # refused up front: no lock file, no run directory
 
 
-@pytest.mark.parametrize("recipe", ["demo", "cifar10", "cifar10-cpu", "cifar10-vit", "imagenet"])
+@pytest.mark.parametrize("recipe", ["demo", "cifar10", "cifar10-cpu", "cifar10-vit", "imagenet", "photos-cpu"])
 def test_the_memory_estimate_never_refuses_a_shipped_recipe_on_a_4_gb_machine(recipe):
     from barlowtwins.recipes import make_config
     from barlowtwins.validation import check_memory, projector_bytes

@@ -94,7 +94,7 @@ SOLO_LEARN_VIT = {
 }
 
 SOURCES = {"cifar10": SOLO_LEARN_CIFAR, "imagenet": OFFICIAL_IMAGENET, "cifar10-vit": SOLO_LEARN_VIT}
-OURS = ("demo", "cifar10-cpu")
+OURS = ("demo", "cifar10-cpu", "photos-cpu")
 
 # Official tracker, issue 7: weight lr (per 256 images) by batch size.
 AUTHORS_LR = {128: 0.7, 256: 0.4, 512: 0.3, 1024: 0.25, 2048: 0.2}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
+from scipy import stats
 from torchvision import transforms as T
 
 from barlowtwins import eval_transform, two_views, view_transform
 from barlowtwins.recipes import load_recipe
+from barlowtwins.views.per_sample import GaussianBlur, Solarization
 
 DRAWS = 2000
 
@@ -75,49 +77,72 @@ def test_colour_jitter_probability():
     assert 0.8 - 0.02 - 5 * (0.16 / DRAWS) ** 0.5 <= changed <= 0.8 + 5 * (0.16 / DRAWS) ** 0.5
 
 
-class CallCounter:
-    """Wraps a transform and counts how often the pipeline applies it."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def __call__(self, image):
-        self.calls += 1
-        return self.inner(image)
-
-
 def find_random_apply(view: T.Compose, kind: type) -> T.RandomApply:
     return next(t for t in view.transforms if isinstance(t, T.RandomApply) and isinstance(t.transforms[0], kind))
 
 
+def find_op(view: T.Compose, kind: type):
+    return next(t for t in view.transforms if isinstance(t, kind))
+
+
 @pytest.mark.parametrize(("view_index", "p"), [(0, 1.0), (1, 0.1)])
-def test_blur_probability_per_view(view_index, p):
-    views = two_views(32)
-    view = (views.view_a, views.view_b)[view_index]
-    apply = find_random_apply(view, T.GaussianBlur)
-    counter = CallCounter(apply.transforms[0])
-    apply.transforms[0] = counter
+def test_blur_probability_per_view(view_index, p, monkeypatch):
+    calls = []
+    real = ImageFilter.GaussianBlur
+
+    def counting(radius):
+        calls.append(radius)
+        return real(radius)
+
+    monkeypatch.setattr(ImageFilter, "GaussianBlur", counting)
+    view = (two_views(32).view_a, two_views(32).view_b)[view_index]
     image = half_red_half_blue()
     for _ in range(DRAWS):
         view(image)
-    assert_rate(counter.calls / DRAWS, p)
+    assert_rate(len(calls) / DRAWS, p)
 
 
-def test_blur_sigma_range_and_kernel():
-    blur = find_random_apply(two_views(224).view_a, T.GaussianBlur).transforms[0]
-    assert blur.kernel_size == (23, 23)  # BYOL's 23 px at 224 px
-    sigmas = torch.tensor([blur.get_params(*blur.sigma) for _ in range(DRAWS)])
-    assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
-    assert sigmas.min() < 0.2 and sigmas.max() > 1.9  # the whole range is used
+def test_blur_is_pils_gaussian_blur_with_sigma_uniform_in_the_range_as_main_py(monkeypatch):
+    """main.py: ``img.filter(ImageFilter.GaussianBlur(random.random() * 1.9 + 0.1))``; PIL's radius is the
+    Gaussian's standard deviation. The radii passed to PIL through a whole view follow U(0.1, 2.0) (KS, seeded),
+    and a view with the range pinned to one sigma blurs exactly as PIL does."""
+    radii = []
+    real = ImageFilter.GaussianBlur
+
+    def recording(radius):
+        radii.append(radius)
+        return real(radius)
+
+    monkeypatch.setattr(ImageFilter, "GaussianBlur", recording)
+    view = two_views(16, crop_scale=(1.0, 1.0)).view_a
+    assert find_op(view, GaussianBlur).sigma == (0.1, 2.0)
+    torch.manual_seed(0)
+    image = half_red_half_blue(16)
+    for _ in range(DRAWS):
+        view(image)
+    assert len(radii) == DRAWS and min(radii) >= 0.1 and max(radii) <= 2.0
+    assert stats.kstest(radii, stats.uniform(loc=0.1, scale=1.9).cdf).pvalue > 1e-3
+    monkeypatch.setattr(ImageFilter, "GaussianBlur", real)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    blurred = view_transform(24, **isolated(blur_p=1.0, blur_sigma=(1.3, 1.3)))(photo)
+    expected = T.ToTensor()(photo.filter(ImageFilter.GaussianBlur(1.3)))
+    assert torch.equal(blurred, expected) and not torch.equal(blurred, T.ToTensor()(photo))
+
+
+def test_solarization_is_pils_solarize_at_128_as_main_py():
+    photo = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).convert("RGB")
+    out = view_transform(16, **isolated(solarize_p=1.0))(photo)
+    assert torch.equal(out, T.ToTensor()(ImageOps.solarize(photo, 128)))
+    assert repr(Solarization(0.2)) == "Solarization(p=0.2, threshold=128)"
 
 
 def test_paper_views_are_asymmetric_only_in_blur_and_solarization():
     views = two_views(224)
     kinds_a = [type(t).__name__ for t in views.view_a.transforms]
     kinds_b = [type(t).__name__ for t in views.view_b.transforms]
-    assert "RandomSolarize" not in kinds_a  # view A: solarization p = 0.0
-    solarize_b = next(t for t in views.view_b.transforms if isinstance(t, T.RandomSolarize))
-    assert solarize_b.p == 0.2 and solarize_b.threshold == 128
+    assert "Solarization" not in kinds_a  # view A: solarization p = 0.0
+    assert find_op(views.view_b, Solarization).p == 0.2
+    assert (find_op(views.view_a, GaussianBlur).p, find_op(views.view_b, GaussianBlur).p) == (1.0, 0.1)
     crop = views.view_a.transforms[0]
     assert isinstance(crop, T.RandomResizedCrop) and crop.scale == (0.08, 1.0)
     assert crop.interpolation == T.InterpolationMode.BICUBIC and crop.size == (224, 224)
@@ -125,7 +150,9 @@ def test_paper_views_are_asymmetric_only_in_blur_and_solarization():
     assert jitter.p == 0.8
     cj = jitter.transforms[0]
     assert (cj.brightness, cj.contrast, cj.saturation, cj.hue) == ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
-    assert [k for k in kinds_a if k != "RandomSolarize"] == [k for k in kinds_b if k != "RandomSolarize"]
+    assert [k for k in kinds_a if k != "Solarization"] == [k for k in kinds_b if k != "Solarization"]
+    order = ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply", "RandomGrayscale", "GaussianBlur"]
+    assert kinds_b == order + ["Solarization", "ToTensor", "Normalize"]  # main.py's order
 
 
 def test_crop_area_spans_the_scale_range():
@@ -144,9 +171,7 @@ def test_cifar_recipe_has_no_blur_and_makes_32px_views():
         **{**{"image_size": 224}, **{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}}
     )
     for view in (views.view_a, views.view_b):
-        assert not any(
-            isinstance(t, T.RandomApply) and isinstance(t.transforms[0], T.GaussianBlur) for t in view.transforms
-        )
+        assert not any(isinstance(t, GaussianBlur) for t in view.transforms)
     y_a, y_b = views(half_red_half_blue(32))
     assert y_a.shape == y_b.shape == (3, 32, 32)
 

@@ -20,25 +20,24 @@ from scipy import stats
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-import barlowtwins.batched_views as bv
-from barlowtwins.batched_views import (
-    BatchedViews,
+import barlowtwins.views.batched as batched_module
+import barlowtwins.views.colour as colour_module
+from barlowtwins.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
+from barlowtwins.views.batched import BatchedViews, batched_two_views, resized_crop, training_views
+from barlowtwins.views.colour import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    batched_two_views,
+    blur_kernel_size,
     color_jitter,
     gaussian_blur,
-    resized_crop,
     rgb_to_grayscale,
-    sample_crop_boxes,
     sample_jitter,
     solarize,
-    training_views,
 )
-from barlowtwins.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
-from barlowtwins.views import blur_kernel_size, two_views, view_transform
+from barlowtwins.views.crops import sample_crop_boxes
+from barlowtwins.views.per_sample import two_views, view_transform
 
 DRAWS = 4000
 KS_P = 1e-3  # fixed seeds; with 4000 draws a KS test at this level detects CDF shifts of ~0.045
@@ -156,11 +155,12 @@ def test_blur_sigma_matches_gaussian_blur(monkeypatch):
         seen.append((sigma.clone(), kernel_size))
         return gaussian_blur(images, sigma, kernel_size)
 
-    monkeypatch.setattr(bv, "gaussian_blur", spy)
+    monkeypatch.setattr(colour_module, "gaussian_blur", spy)
     BatchedViews(224, **isolated(blur_p=1.0))(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), generator())
     assert seen[0][1] == blur_kernel_size(224) == 23  # BYOL's 23 px at 224 px
+    first = len(seen)
     BatchedViews(8, **isolated(blur_p=1.0))(torch.zeros(DRAWS, 3, 8, 8, dtype=torch.uint8), generator())
-    sigma = seen[1][0]
+    sigma = torch.cat([s for s, _ in seen[first:]])  # a CPU batch is coloured in slices
     assert len(sigma) == DRAWS and sigma.min() >= 0.1 and sigma.max() <= 2.0
     blur = T.GaussianBlur(23, sigma=(0.1, 2.0))
     torch.manual_seed(3)
@@ -375,6 +375,22 @@ def test_output_shape_dtype_and_device(height, width):
     assert not torch.equal(y_a, y_b)
 
 
+@pytest.mark.parametrize("size", [16, 40])
+def test_views_are_the_same_however_a_cpu_batch_is_sliced(monkeypatch, size):
+    """On a CPU the colour operations run a few images at a time (one image, without masks, at 224 px): every
+    image's draws come first, so the views are bit for bit those of the whole batch at once, for crops cut per
+    sample (uint8 in) and whole-batch crops (CIFAR's path), with every operation on, blur and solarization too."""
+    images = torch.randint(0, 256, (12, 3, 48, 48), dtype=torch.uint8, generator=generator(2))
+    crops = (torch.randint(0, 256, (12, 2, 3, size, size), dtype=torch.uint8, generator=generator(3)),)
+    views = batched_two_views(size, blur_p=(1.0, 0.5), solarize_p=(0.3, 0.5), grayscale_p=0.5)
+    results = []
+    for slice_bytes in (2**40, 1, 5 * size * size * 3 * 4):  # the whole batch, one image, five images
+        monkeypatch.setattr(batched_module, "CPU_SLICE_BYTES", slice_bytes)
+        results.append((*views(images, generator(4)), *views.colour(crops, generator(5))))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
 def test_same_seed_same_views_and_different_seed_different_views():
     images = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8, generator=generator(9))
     views = batched_two_views(32, solarize_p=(0.3, 0.3))
@@ -391,7 +407,7 @@ def test_probability_zero_ops_are_never_called(monkeypatch):
         raise AssertionError("an op with probability 0 ran")
 
     for name in ("gaussian_blur", "solarize", "rgb_to_grayscale", "color_jitter"):
-        monkeypatch.setattr(bv, name, boom)
+        monkeypatch.setattr(colour_module, name, boom)
     images = half_red_half_blue(16)
     out = BatchedViews(8, **isolated(jitter=(0.4, 0.4, 0.2, 0.1)))(images, generator())
     assert torch.equal(out, images.float() / 255)
@@ -409,7 +425,7 @@ def test_neutral_jitter_components_are_skipped(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(bv, "JITTER_OPS", tuple(recording(op) for op in bv.JITTER_OPS))
+    monkeypatch.setattr(colour_module, "JITTER_OPS", tuple(recording(op) for op in colour_module.JITTER_OPS))
     BatchedViews(8, **isolated(jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0))(half_red_half_blue(16), generator())
     assert set(called) == {"adjust_brightness"}  # hue 0 is not a round trip through HSV, as in torchvision
 

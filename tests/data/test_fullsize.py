@@ -15,17 +15,17 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import stats
 
-from barlowtwins import crops as crops_module
-from barlowtwins.batched_views import training_views
 from barlowtwins.cli import main
 from barlowtwins.config import AugmentConfig, DataConfig, PretrainConfig, TrainConfig
-from barlowtwins.crops import CropViews, full_resolution_side, resized_crop, sample_crop_boxes
 from barlowtwins.data import open_source
 from barlowtwins.data.cache import stored_full
 from barlowtwins.data.decode import decode, open_image, reduce_for, to_rgb
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.train.inputs import stored_side, view_batches
+from barlowtwins.views import crops as crops_module
+from barlowtwins.views.batched import training_views
+from barlowtwins.views.batches import stored_side, view_batches
+from barlowtwins.views.crops import CropViews, full_resolution_side, resized_crop, sample_crop_boxes
 
 CPU = torch.device("cpu")
 SHAPES = [(150, 100), (100, 150), (200, 40), (90, 90)]  # (width, height): landscape, portrait, a strip, square
@@ -67,7 +67,8 @@ def record_boxes(monkeypatch) -> list:
     seen, real = [], crops_module.resized_crop
 
     def recording(image, box, scale, size):
-        seen.append(([int(v) for v in box], (round(image.height / scale[1]), round(image.width / scale[0]))))
+        height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+        seen.append(([int(v) for v in box], (round(height / scale[1]), round(width / scale[0]))))
         return real(image, box, scale, size)
 
     monkeypatch.setattr(crops_module, "resized_crop", recording)
@@ -127,12 +128,22 @@ def test_stored_images_keep_the_whole_picture_with_a_capped_shorter_side():
     assert stored_side(DataConfig(stored_size=256), AugmentConfig()) == 256
 
 
-def test_a_crop_of_pixels_held_at_full_size_is_torchvisions_resized_crop_exactly():
+def test_a_crop_of_pixels_held_at_full_size_is_torchvisions_resized_crop_to_rounding():
+    """Stored pixels at full size are cut with torch's uint8 antialiased bicubic (PIL's filter, 3x faster): against
+    torchvision's resized_crop (PIL) at the same boxes, most values equal, the rest off by one level but for a
+    rare one at a sharp edge (raccoon photos, 160 crops: 98.5 % equal, mean 0.016 of 255, 4 in 100,000 off by
+    more than 1). A PIL image is cut the same way; pixels held smaller go through PIL with the scaled box."""
     image = photo(160, 110, seed=1)
     generator = torch.Generator().manual_seed(5)
-    for box in sample_crop_boxes(20, 110, 160, (0.08, 1.0), generator).tolist():
+    differences = []
+    for box in sample_crop_boxes(40, 110, 160, (0.08, 1.0), generator).tolist():
         expected = TF.resized_crop(image, *box, [24, 24], interpolation=T.InterpolationMode.BICUBIC)
-        np.testing.assert_array_equal(resized_crop(image, box, (1.0, 1.0), 24), np.asarray(expected))
+        ours = resized_crop(np.asarray(image), box, (1.0, 1.0), 24)
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 24, 24)
+        assert torch.equal(resized_crop(image, box, (1.0, 1.0), 24), ours)
+        differences.append((ours.permute(1, 2, 0).int() - torch.from_numpy(np.array(expected)).int()).abs())
+    every = torch.stack(differences).float()
+    assert (every == 0).float().mean() > 0.95 and every.mean() < 0.05 and (every > 1).float().mean() < 1e-3
 
 
 def _crops_against_torchvision(path: Path, size: int, lazily: bool, seed: int) -> float:
@@ -143,7 +154,7 @@ def _crops_against_torchvision(path: Path, size: int, lazily: bool, seed: int) -
     crop = CropViews([(size, (0.08, 1.0)), (size, (0.08, 1.0))])
     views = crop(pixels, (original.height, original.width), path.name, torch.Generator().manual_seed(seed))[0]
     boxes_generator = torch.Generator().manual_seed(seed)
-    boxes = [sample_crop_boxes(1, original.height, original.width, (0.08, 1.0), boxes_generator)[0] for _ in "ab"]
+    boxes = sample_crop_boxes(2, original.height, original.width, (0.08, 1.0), boxes_generator)  # A and B: one draw
     refs = [
         TF.resized_crop(original, *b.tolist(), [size, size], interpolation=T.InterpolationMode.BICUBIC) for b in boxes
     ]
@@ -311,7 +322,7 @@ def test_streamed_shards_decoded_every_step_are_cropped_from_the_whole_photo(tmp
 
 
 def test_crops_setting_chooses_the_path_and_refuses_what_cannot_be(tmp_path, monkeypatch):
-    """``data.crops=sample`` cuts uniform small images per sample with PIL (the paper's bicubic) instead of whole
+    """``data.crops=sample`` cuts uniform small images per sample (the paper's antialiased bicubic) instead of whole
     batches; ``batch`` is refused for photos of several shapes and without a store."""
     folder = tmp_path / "squares"
     folder.mkdir()

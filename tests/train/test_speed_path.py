@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from barlowtwins.batched_views import training_views
 from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
 from barlowtwins.config import AugmentConfig
@@ -22,6 +21,7 @@ from barlowtwins.runtime import fastest_dtype
 from barlowtwins.train import loop
 from barlowtwins.train.budget import Budget
 from barlowtwins.validation import parse_duration
+from barlowtwins.views.batched import training_views
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 
-from barlowtwins.cli import ablate, detect, evaluate, pretrain, views
+from barlowtwins.cli import ablate, detect, evaluate, neighbours, pretrain, views
 from barlowtwins.cli.helptext import HelpFormatter
 from barlowtwins.errors import BarlowTwinsError, Preempted
 
@@ -45,6 +45,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pretrain.add_commands(commands, _help_recipe(argv))
     evaluate.add_commands(commands)
+    neighbours.add_commands(commands)
     ablate.add_commands(commands)
     detect.add_commands(commands)
     views.add_commands(commands)

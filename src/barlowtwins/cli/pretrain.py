@@ -55,6 +55,11 @@ PRETRAIN_FLAGS: dict[str, Flag] = {
     "arch": Flag("model.arch", "torchvision ResNet (resnet18, resnet50) or timm:NAME[,key=value...]"),
     "small_stem": Flag("model.small_stem", "3x3 stride-1 first convolution, no max-pool: for 32-96 px images"),
     "projector": Flag("model.projector", "widths of the projector's linear layers (paper §2.2: 8192-8192-8192)"),
+    "init": Flag(
+        "model.init",
+        "start a new run from these weights: a run directory, an exported .pth / .safetensors, a torchvision or "
+        "timm state_dict, the authors' resnet50.pth or checkpoint.pth (docs/resuming.md)",
+    ),
     "image_size": Flag("augment.image_size", "side of the two views, px"),
     "lambd": Flag("loss.lambd", "weight lambda of the redundancy-reduction term (eq. 1)"),
     "loss_formulation": Flag(
@@ -147,7 +152,7 @@ def _say_what_applies(recipe: str | None, overrides: list[dict[str, Any]]) -> No
         paper = PretrainConfig()  # the defaults are the imagenet recipe's values
         logger.info(
             "no --recipe: using the imagenet recipe (the paper's settings: %s, batch %s, %s px views, %s epochs); "
-            "--recipe cifar10-cpu or --recipe demo suit small images and small datasets",
+            "--recipe photos-cpu (photos), cifar10-cpu (32 px images) or demo suit a CPU and small datasets",
             paper.model.arch,
             paper.train.batch_size,
             paper.augment.image_size,

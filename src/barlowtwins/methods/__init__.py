@@ -4,6 +4,7 @@
 * ``logged``: the term names written to metrics.jsonl and TensorBoard, in order;
 * ``no_weight_decay()``: parameter names kept out of weight decay and LARS adaptation;
 * ``after_step(step, total_steps)``: called after each optimiser step (a momentum target network updates here).
+* optionally ``restart_target()``: make a momentum target a copy of the online network again (after ``--init``);
 * optionally ``expose_embeddings``: when the run's monitor sets it, ``forward`` also returns ``h_a`` (backbone
   features of view A) and ``z_a``, ``z_b`` (embeddings), detached, for the online probe and the pictures of C.
 """

@@ -59,6 +59,11 @@ class BYOL(nn.Module):
         excluded = {f"{head}.{name}" for head, m in heads.items() for name in one_d_parameter_names(m)}
         return {f"backbone.{name}" for name in self._backbone_no_decay} | excluded
 
+    def restart_target(self) -> None:
+        """The target as at step 0, a copy of the online backbone and projector (after ``--init`` loaded them)."""
+        self.target_backbone.load_state_dict(self.backbone.state_dict())
+        self.target_projector.load_state_dict(self.projector.state_dict())
+
     def after_step(self, step: int, total_steps: int) -> None:
         """Move the target towards the online network with tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2."""
         momentum = target_momentum(step, total_steps, self.base_momentum)

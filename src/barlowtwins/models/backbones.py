@@ -123,6 +123,22 @@ def build_backbone(arch: str, small_stem: bool = False, stem_stride: int = 1) ->
     return Backbone(backbone, feature_dim, one_d_parameter_names(backbone))
 
 
+def fitting_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, bool] | None:
+    """The torchvision ResNet and stem (``(arch, small_stem)``) whose backbone ``state_dict`` fits exactly, a
+    classifier ``fc`` aside; None if none does. The candidates are built on the meta device (no memory)."""
+    conv1 = state_dict.get("conv1.weight")
+    if conv1 is None or conv1.ndim != 4:
+        return None
+    small_stem = conv1.shape[-1] == 3  # the small stem's 3x3 conv; torchvision's is 7x7
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith("fc.")}
+    for arch in RESNETS:
+        with torch.device("meta"):
+            module = build_backbone(arch, small_stem).module
+        if {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes:
+            return arch, small_stem
+    return None
+
+
 def initial_backbone(arch: str, small_stem: bool, seed: int, stem_stride: int = 1) -> Backbone:
     """The backbone a run with ``seed`` starts from: the pretraining loop builds it first, from this seed, so
     evaluation can rebuild a run's own random initialisation as its floor."""

@@ -14,6 +14,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 REPLAN_AFTER = (5, 20, 50, 100)  # steps of this session after which the plan is re-made; then every REPLAN_EVERY
 REPLAN_EVERY = 100
 SETTLE_STEPS = 2  # the first steps of a process (allocation, warm caches) are not counted in the step time
@@ -31,6 +33,7 @@ class Budget:
         planned: int | None = None,
         agree: Callable[[int], int] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        cost: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.seconds = seconds
         self.clock = clock  # seconds, monotonic: a test passes a fake one
@@ -40,7 +43,12 @@ class Budget:
         self.total_steps = min(planned or max_steps, max_steps)
         self._session_steps = 0
         self._last = clock()
-        self._settled: tuple[float, int] | None = None  # (time, session steps) once settled
+        # Relative cost of a step at each fraction of the run (1: a full step), e.g. the share of the pixels under
+        # low resolution first (train/resolution.py); None: every step costs the same. A step's time is modelled
+        # as unit x cost^beta, both fitted to this session's settled steps (beta: how this machine's step time
+        # follows the cost, 1 until steps of two costs were measured), and the plan fits the costs to the time left.
+        self.cost = cost
+        self._levels: dict[float, list[float]] = {}  # cost -> [seconds, steps] of the settled steps at that cost
         self.agree = agree  # several processes: the main process's plan, e.g. distributed.broadcast_object
         self.paused_seconds = 0.0  # evaluation inside the training loop, left out of ``spent``
 
@@ -52,22 +60,21 @@ class Budget:
         """Count one finished step (``step`` is the number done) and return the planned total steps."""
         now = self.clock()
         self.spent += now - self._last
+        if self._session_steps >= SETTLE_STEPS:
+            level = self._levels.setdefault(round(float(self._costs(step - 1, step, self.total_steps)[0]), 3), [0, 0])
+            level[0] += now - self._last
+            level[1] += 1
         self._last = now
         self._session_steps += 1
         if self.seconds is None:
             return self.total_steps
-        if self._session_steps == SETTLE_STEPS:
-            self._settled = (now, self._session_steps)
-        due = self._settled is not None and self._due()
+        due = self._session_steps > SETTLE_STEPS and self._due()
         if self.agree is not None and not due:
             return self.total_steps  # several processes decide only at the steps where all of them re-plan
         if self.spent >= self.seconds:
             planned = step  # out of time: stop here, with a checkpoint
         elif due:
-            since, steps_then = self._settled
-            step_time = (now - since) / max(1, self._session_steps - steps_then)
-            remaining = math.floor((self.seconds - self.spent) / step_time) if step_time > 0 else self.max_steps
-            planned = max(step + 1, min(self.max_steps, step + remaining))
+            planned = max(step + 1, self._fit(step, self.seconds - self.spent, *self._step_time()))
         else:
             return self.total_steps
         self.total_steps = self.agree(planned) if self.agree is not None else planned
@@ -84,8 +91,37 @@ class Budget:
             pause = self.clock() - started
             self.paused_seconds += pause
             self._last += pause
-            if self._settled is not None:
-                self._settled = (self._settled[0] + pause, self._settled[1])
+
+    def _costs(self, first: int, stop: int, total: int) -> np.ndarray:
+        """Relative costs of steps ``first`` .. ``stop`` - 1 of a run of ``total`` steps."""
+        if self.cost is None:
+            return np.ones(max(0, stop - first))
+        return self.cost(np.arange(first, stop) / max(1, total))
+
+    def _step_time(self) -> tuple[float, float]:
+        """(unit, beta): seconds of a full step, and the exponent of the cost in a step's time (least squares
+        in log space over the measured costs' mean times; 1 while a single cost was measured)."""
+        costs = np.array(list(self._levels))
+        seconds, steps = np.array(list(self._levels.values())).T
+        if len(costs) < 2 or costs.max() < 1.1 * costs.min():
+            return seconds.sum() / max(1e-9, (costs * steps).sum()), 1.0
+        beta, log_unit = np.polyfit(np.log(costs), np.log(np.maximum(seconds / steps, 1e-9)), 1, w=np.sqrt(steps))
+        return float(np.exp(log_unit)), float(beta)
+
+    def _fit(self, step: int, seconds: float, unit_time: float, beta: float = 1.0) -> int:
+        """The most total steps (at most ``max_steps``) whose steps from ``step`` on fit in ``seconds``."""
+        if unit_time <= 0:
+            return self.max_steps
+        if self.cost is None:
+            return min(self.max_steps, step + math.floor(seconds / unit_time))
+        low, high = step, self.max_steps  # the costs of a longer run's remaining steps only grow with its length
+        while low < high:
+            total = (low + high + 1) // 2
+            if (self._costs(step, total, total) ** beta).sum() * unit_time <= seconds:
+                low = total
+            else:
+                high = total - 1
+        return low
 
     def _due(self) -> bool:
         n = self._session_steps - SETTLE_STEPS

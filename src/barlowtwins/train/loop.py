@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from barlowtwins import distributed, methods
 from barlowtwins.config import PretrainConfig
 from barlowtwins.data import ImageSource, open_source
 from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.init_weights import initialise
 from barlowtwins.methods import METHODS
 from barlowtwins.models.backbones import CUSTOM, Backbone, initial_backbone
 from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
@@ -37,7 +39,8 @@ from barlowtwins.train.inputs import view_batches
 from barlowtwins.train.monitor import Monitor, knn_images
 from barlowtwins.train.preemption import Preemption
 from barlowtwins.train.preflight import check_batch_size, check_evaluation_data
-from barlowtwins.train.run_dir import RunDir
+from barlowtwins.train.resolution import resize_views, step_cost, view_side
+from barlowtwins.train.run_dir import RunDir, holds_checkpoint
 from barlowtwins.validation import parse_duration
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class _Setup:
     device: torch.device
     memory_format: torch.memory_format
     steps_per_epoch: int
+    init: dict[str, Any] | None = None  # what --init took, for meta.json (None: not applied)
 
 
 def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = None, eval_only: bool = False) -> Path:
@@ -110,7 +114,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     scaler = _grad_scaler(training.precision, setup.device)
     run = RunDir(Path(training.out), distributed.is_main_process())
     progress = run.start(
-        config, setup.method, setup.optimizer, scaler, training.epochs * setup.steps_per_epoch, eval_only
+        config, setup.method, setup.optimizer, scaler, training.epochs * setup.steps_per_epoch, eval_only, setup.init
     )
     if progress["finished"]:
         return finished_run(config, run, progress["step"], eval_only)
@@ -134,7 +138,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     with run, bar, Preemption(setup.device, training.log_every) as preemption:
         while step < budget.total_steps:
             set_learning_rate(setup.optimizer, lr_factor(step, budget.total_steps, warmup, optim.final_lr_ratio))
-            terms = train_step(setup.trainer, setup.optimizer, scaler, views, dtype)
+            terms = train_step(setup.trainer, setup.optimizer, scaler, _sized(views, step, budget, config), dtype)
             watch.add(terms["loss"])
             setup.method.after_step(step, budget.total_steps)
             step += 1
@@ -154,6 +158,16 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
                 views, labels = _next_views(batches, setup)
     _finish(config, setup, run, budget)
     return run.path
+
+
+def _sized(views: list[torch.Tensor], step: int, budget: Budget, config: PretrainConfig) -> list[torch.Tensor]:
+    """Views A and B at the side low resolution first gives ``step`` of the plan (train.progressive_start)."""
+    return resize_views(views, view_side(step, budget.total_steps, *_sides(config)))
+
+
+def _sides(config: PretrainConfig) -> tuple[int, int, tuple[float, float]]:
+    """Low-resolution first (train.progressive_start, 0: off): the first side, the last, and the ramp."""
+    return config.train.progressive_start, config.augment.image_size, config.train.progressive_ramp
 
 
 def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
@@ -178,12 +192,16 @@ def _checkpoint(
 
 def _budget(config: PretrainConfig, setup: _Setup, progress: dict[str, Any]) -> Budget:
     """The run's steps: its epochs, or those that fit ``train.time_budget`` (the ranks agree on the count)."""
+    sides = _sides(config)
     return Budget(
         parse_duration(config.train.time_budget),
         config.train.epochs * setup.steps_per_epoch,
         progress["train_seconds"] or 0.0,
         progress["total_steps"],
         agree=distributed.broadcast_object if distributed.is_distributed() else None,
+        cost=partial(step_cost, start=sides[0], end=sides[1], ramp=sides[2])
+        if sides[0]
+        else None,  # low-resolution first: cheaper early steps
     )
 
 
@@ -239,6 +257,7 @@ def _setup(config: PretrainConfig, backbone: Backbone | nn.Module | None = None)
     check_batch_size(training.batch_size, source.num_samples)
     check_evaluation_data(config, source)  # what the kNN at the end needs fails now, before the run directory
     method = build_method(config, backbone)
+    init = _init(config, method) if config.model.init and not holds_checkpoint(Path(training.out)) else None
     if distributed.is_distributed():
         method = distributed.convert_sync_batchnorm(method, device.type)
     memory_format = torch.channels_last if training.channels_last else torch.contiguous_format
@@ -251,7 +270,15 @@ def _setup(config: PretrainConfig, backbone: Backbone | nn.Module | None = None)
         )
     if training.compile:
         trainer = torch.compile(trainer)
-    return _Setup(method, trainer, optimizer, source, device, memory_format, source.num_samples // training.batch_size)
+    steps_per_epoch = source.num_samples // training.batch_size
+    return _Setup(method, trainer, optimizer, source, device, memory_format, steps_per_epoch, init)
+
+
+def _init(config: PretrainConfig, method: nn.Module) -> dict[str, Any]:
+    """``--init`` on a fresh run, on every process alike, before DDP (a resumed run never re-reads it)."""
+    model, images = config.model, config.augment
+    settings = (model.arch, model.small_stem, model.stem_stride, images.mean, images.std)
+    return initialise(method, model.init, *settings, log=distributed.is_main_process())
 
 
 def _monitor(config: PretrainConfig, setup: _Setup, run: RunDir, state: dict[str, Any] | None) -> Monitor:

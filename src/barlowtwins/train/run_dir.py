@@ -24,7 +24,15 @@ from torch import nn
 
 from barlowtwins import distributed
 from barlowtwins.atomic import atomic_write_text, remove_stale_temporaries
-from barlowtwins.checkpoint import CHECKPOINT_NAME, FORMAT, TRAINING, finish_rotation, resume_state, save_rotating
+from barlowtwins.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    TRAINING,
+    finish_rotation,
+    previous_path,
+    resume_state,
+    save_rotating,
+)
 from barlowtwins.config import PretrainConfig
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.recipes import flatten, incompatible_changes
@@ -83,6 +91,13 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
+def holds_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a run to resume (``checkpoint.pt`` or the one before it): then ``--init`` is
+    not read again."""
+    path = directory / CHECKPOINT_NAME
+    return path.is_file() or previous_path(path).is_file()
+
+
 def planned_steps(config: PretrainConfig, max_steps: int | None, saved_plan: int | None) -> int | None:
     """The steps a resumed run trains to: ``max_steps`` (the epochs'), or a time budget's saved plan within it,
     as :class:`~barlowtwins.train.budget.Budget` plans them; None when ``max_steps`` is not given."""
@@ -133,11 +148,13 @@ class RunDir:
         scaler: torch.amp.GradScaler,
         max_steps: int | None = None,
         eval_only: bool = False,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Load ``checkpoint.pt`` into the model, optimizer and scaler if there is one and return its progress
         (``step``, ``train_seconds``, ``total_steps``, ``finished``: the checkpoint has all the steps planned of
         ``max_steps``, the epochs' steps); else write ``config.yaml`` and ``meta.json`` of a new run.
-        ``eval_only``: only a finished run is accepted, and nothing in it changes."""
+        ``eval_only``: only a finished run is accepted, and nothing in it changes. ``init``: what ``--init`` took,
+        kept in a new run's meta.json."""
         if eval_only and not (self.path / CHECKPOINT_NAME).is_file():
             raise BarlowTwinsError(
                 f"--eval-only: {self.path} holds no run to evaluate (no {CHECKPOINT_NAME}); run without --eval-only "
@@ -172,7 +189,8 @@ class RunDir:
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), self.path / "config.yaml")
-            atomic_write_text(json.dumps(run_metadata(), indent=2) + "\n", self.path / "meta.json")
+            meta = {**run_metadata(), **({"init": init} if init else {})}
+            atomic_write_text(json.dumps(meta, indent=2) + "\n", self.path / "meta.json")
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         distributed.barrier()
         fresh = {"step": 0, "train_seconds": 0.0, "total_steps": None, "monitor": None, "precision": None}

@@ -48,19 +48,23 @@ class Cropped(Dataset):
 
 
 class NumberedBatches(Sampler):
-    """The sampler's ``(index, seed)`` pairs in batches of ``batch_size`` (the last partial one dropped), each item
-    tagged with its epoch and batch number, counted from the sampler's skipped batches."""
+    """Endless batches: epoch after epoch from ``start_epoch`` (the first skipping ``skip_batches``), the sampler's
+    ``(index, seed)`` pairs in batches of ``batch_size`` (the last partial one dropped), each item tagged with its
+    epoch and batch number. One pass of a loader over them never ends, so its workers never drain at an epoch's end
+    (with 200 photos in batches of 64, an epoch is 3 batches, and one of two workers sat out every third)."""
 
-    def __init__(self, sampler: ShardedEpochSampler, batch_size: int):
+    def __init__(self, sampler: ShardedEpochSampler, batch_size: int, start_epoch: int = 0, skip_batches: int = 0):
         self.sampler, self.batch_size = sampler, batch_size
+        self.start_epoch, self.skip_batches = start_epoch, skip_batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
-        items, size, first = list(self.sampler), self.batch_size, self.sampler.skip_batches
-        for number, start in enumerate(range(0, len(items) - size + 1, size), start=first):
-            yield [(index, seed, self.sampler.epoch, number) for index, seed in items[start : start + size]]
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
+        size = self.batch_size
+        for epoch in itertools.count(self.start_epoch):
+            first = self.skip_batches if epoch == self.start_epoch else 0
+            self.sampler.set_epoch(epoch, first)
+            items = list(self.sampler)
+            for number, start in enumerate(range(0, len(items) - size + 1, size), start=first):
+                yield [(index, seed, epoch, number) for index, seed in items[start : start + size]]
 
 
 class Collate:
@@ -93,27 +97,24 @@ def cropped_training_batches(
     skip_batches: int = 0,
 ) -> Iterator:
     """Endless ``(views, labels, ids)`` batches: per epoch a seeded permutation split over processes (as
-    :class:`ShardedEpochSampler`), each sample's crops cut in ``workers`` processes (:class:`Cropped`, the
-    workers kept from epoch to epoch), then ``colour(uint8 crops, generator)`` per batch: in the workers when
-    ``device`` is the CPU, else on ``device``."""
+    :class:`ShardedEpochSampler`), each sample's crops cut in ``workers`` processes (:class:`Cropped`, one pass
+    over :class:`NumberedBatches`, so the workers run on from epoch to epoch), then ``colour(uint8 crops,
+    generator)`` per batch: in the workers when ``device`` is the CPU, else on ``device``."""
     sampler = ShardedEpochSampler(len(images), batch_size, seed)
     collate = Collate(colour if device.type == "cpu" else None, seed, sampler.rank)
     loader = DataLoader(
         Cropped(images, crop),
-        batch_sampler=NumberedBatches(sampler, batch_size),
+        batch_sampler=NumberedBatches(sampler, batch_size, start_epoch, skip_batches),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,  # coloured float batches are large: 2 per worker
     )
-    for epoch in itertools.count(start_epoch):
-        sampler.set_epoch(epoch, skip_batches if epoch == start_epoch else 0)
-        for views, crops, labels, ids, tag in loader:
-            if views is None:
-                crops = tuple(c.to(device, non_blocking=True) for c in crops)
-                views = colour(crops, collate.generator(tag))
-            yield views, labels, ids
+    for views, crops, labels, ids, tag in loader:
+        if views is None:
+            crops = tuple(c.to(device, non_blocking=True) for c in crops)
+            views = colour(crops, collate.generator(tag))
+        yield views, labels, ids
 
 
 class _Cropping:

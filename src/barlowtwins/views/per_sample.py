@@ -1,9 +1,11 @@
-"""The two asymmetric distorted views of paper §2.2 (BYOL's augmentation parameters), and the test-time view.
+"""The two asymmetric distorted views of paper §2.2 per sample, on PIL images, as the official ``main.py`` makes them.
 
 Both views: random resized crop (bicubic), horizontal flip, colour jitter, grayscale. Gaussian blur and
-solarization have different probabilities per view (blur 1.0 / 0.1, solarization 0.0 / 0.2). An
-operation whose probability is 0 is left out of the pipeline, so printing a view shows exactly what it
-does; that is also how Fig. 3's "remove augmentations one by one" ablation is run.
+solarization have different probabilities per view (blur 1.0 / 0.1, solarization 0.0 / 0.2); both are main.py's
+own operations on the PIL image (``ImageFilter.GaussianBlur``, ``ImageOps.solarize``), not torchvision's. An
+operation whose probability is 0 is left out of the pipeline, so printing a view shows exactly what it does;
+that is also how Fig. 3's "remove augmentations one by one" ablation is run. Every random draw comes from torch's
+generator, so a sample's views depend on the seed its loader sets (``data.loaders.Transformed``) alone.
 """
 
 from __future__ import annotations
@@ -11,19 +13,46 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 
-from barlowtwins.config import AugmentConfig, EvalInputs
+from barlowtwins.config import AugmentConfig
 
-B1_RESIZE_RATIO = 256 / 224  # appendix B.1 test time: resize to 256, centre-crop 224
-SMALL_IMAGES = 64  # at this size or below, evaluate images as they are (solo-learn's and lightly's CIFAR protocol)
+SOLARIZE_THRESHOLD = 128  # ImageOps.solarize's default, as main.py calls it
 
 
-def blur_kernel_size(image_size: int) -> int:
-    """Odd kernel of about 10% of the image side, as BYOL (23 px at 224 px)."""
-    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+class GaussianBlur:
+    """main.py's blur: with probability ``p``, PIL's ``ImageFilter.GaussianBlur(sigma)``, sigma uniform in ``sigma``
+    (main.py: ``random.random() * 1.9 + 0.1``, i.e. U(0.1, 2.0)). PIL's ``radius`` argument IS the standard
+    deviation of the Gaussian (PIL's docs: "radius - Standard deviation of the Gaussian kernel"; PIL approximates
+    it with three extended box blurs, Gwosdek et al. 2011), so sigma is passed as it is."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]):
+        self.p, self.sigma = p, (float(sigma[0]), float(sigma[1]))
+
+    def draw_sigma(self) -> float:
+        return float(torch.empty(1).uniform_(*self.sigma))
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if float(torch.rand(1)) >= self.p:
+            return image
+        return image.filter(ImageFilter.GaussianBlur(self.draw_sigma()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, sigma={self.sigma})"
+
+
+class Solarization:
+    """main.py's solarization: with probability ``p``, ``ImageOps.solarize`` (pixels from 128 up inverted)."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return ImageOps.solarize(image, SOLARIZE_THRESHOLD) if float(torch.rand(1)) < self.p else image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, threshold={SOLARIZE_THRESHOLD})"
 
 
 def view_transform(
@@ -39,7 +68,7 @@ def view_transform(
     mean: tuple[float, float, float] = AugmentConfig.mean,
     std: tuple[float, float, float] = AugmentConfig.std,
 ) -> T.Compose:
-    """One view's pipeline: PIL image in, normalised float tensor (3, image_size, image_size) out."""
+    """One view's pipeline in main.py's order: PIL image in, normalised float tensor (3, image_size, image_size) out."""
     ops: list[Callable] = [T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
     if flip_p > 0:
         ops.append(T.RandomHorizontalFlip(p=flip_p))
@@ -49,9 +78,9 @@ def view_transform(
     if grayscale_p > 0:
         ops.append(T.RandomGrayscale(p=grayscale_p))
     if blur_p > 0:
-        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=blur_sigma)], p=blur_p))
+        ops.append(GaussianBlur(blur_p, blur_sigma))
     if solarize_p > 0:
-        ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
+        ops.append(Solarization(solarize_p))
     ops += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(ops)
 
@@ -98,52 +127,3 @@ def asymmetric_pair(make_view: Callable, params: dict) -> tuple:
     shared = {k: v for k, v in params.items() if k not in ("blur_p", "solarize_p")}
     blur_p, solarize_p = params["blur_p"], params["solarize_p"]
     return tuple(make_view(**shared, blur_p=blur_p[view], solarize_p=solarize_p[view]) for view in (0, 1))
-
-
-def eval_transform(
-    image_size: int,
-    mean: tuple[float, float, float] = AugmentConfig.mean,
-    std: tuple[float, float, float] = AugmentConfig.std,
-    resize_ratio: float = EvalInputs.resize_ratio,
-) -> T.Compose:
-    """Deterministic test-time view: resize to ``image_size * resize_ratio``, then :class:`CropNormalize`.
-
-    ``resize_ratio`` 0 picks the rule: B.1's 256/224 above 64 px; images of 64 px or less as they are (ratio 1:
-    a 32 px CIFAR image stays untouched), as the libraries evaluate CIFAR, so numbers compare with theirs.
-    """
-    return T.Compose(
-        [
-            T.Resize(eval_resize(image_size, resize_ratio), interpolation=T.InterpolationMode.BICUBIC),
-            CropNormalize(image_size, mean, std),
-        ]
-    )
-
-
-def eval_resize(image_size: int, resize_ratio: float = EvalInputs.resize_ratio) -> int:
-    """The shorter side the test-time view resizes to before its centre crop of ``image_size`` (see above)."""
-    return round(image_size * (resize_ratio or (B1_RESIZE_RATIO if image_size > SMALL_IMAGES else 1.0)))
-
-
-class CropNormalize:
-    """The test-time view after its resize: centre crop ``image_size``, scale to [0, 1], normalise.
-
-    Takes a PIL image (as ``CenterCrop`` + ``ToTensor`` + ``Normalize``) or uint8 pixels, one image (3, H, W) or
-    a batch (B, 3, H, W), such as rows the decoded store keeps at :func:`eval_resize`; the same pixels either way.
-    """
-
-    def __init__(
-        self,
-        image_size: int,
-        mean: tuple[float, float, float] = AugmentConfig.mean,
-        std: tuple[float, float, float] = AugmentConfig.std,
-    ):
-        self.size = (image_size, image_size)
-        self.mean, self.std = mean, std
-
-    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        image = TF.center_crop(image, list(self.size))
-        pixels = TF.to_tensor(image) if isinstance(image, Image.Image) else image.float().div(255)
-        return TF.normalize(pixels, self.mean, self.std)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, mean={self.mean}, std={self.std})"

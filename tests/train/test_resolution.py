@@ -1,0 +1,126 @@
+"""Low-resolution-first training (train.progressive_start): the side schedule, the resize, and the loop
+feeding the backbone views of the scheduled sides."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from barlowtwins.errors import BarlowTwinsError
+from barlowtwins.recipes import make_config, override
+from barlowtwins.train import pretrain
+from barlowtwins.train.budget import Budget
+from barlowtwins.train.resolution import resize_views, step_cost, view_side
+
+
+def test_view_side_holds_the_start_then_grows_linearly_to_the_end():
+    sides = [view_side(step, 100, 64, 128, (0.5, 0.75)) for step in range(101)]
+    assert sides[:51] == [64] * 51  # up to the ramp's start
+    assert sides[75:] == [128] * 26  # from its end
+    assert sides[62] == 8 * round((64 + (62 / 100 - 0.5) / 0.25 * 64) / 8)  # linear in between, rounded to 8 px
+    assert sides == sorted(sides)  # never shrinks
+    assert all(side % 8 == 0 for side in sides)
+
+
+@pytest.mark.parametrize("start", [0, 128, 160])
+def test_view_side_without_a_smaller_start_is_the_image_size(start):
+    assert {view_side(step, 10, start, 128, (0.0, 1.0)) for step in range(11)} == {128}
+
+
+def test_resize_views_shrinks_a_and_b_only_and_keeps_their_layout():
+    a = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    small = torch.rand(4, 3, 8, 8)
+    out = resize_views([a, a.clone(), small], 16)
+    assert [tuple(v.shape) for v in out] == [(2, 3, 16, 16), (2, 3, 16, 16), (4, 3, 8, 8)]
+    assert out[2] is small
+    assert out[0].is_contiguous(memory_format=torch.channels_last)
+    # an antialiased 2x reduction of a constant image is the constant; of a 2x2 checkerboard of blocks, the mean
+    flat = resize_views([torch.full((1, 3, 32, 32), 0.25)], 16)[0]
+    assert torch.allclose(flat, torch.full_like(flat, 0.25), atol=1e-6)
+    board = torch.zeros(1, 1, 32, 32)
+    board[..., ::2, ::2] = board[..., 1::2, 1::2] = 1.0
+    inner = resize_views([board], 16)[0][..., 1:-1, 1:-1]  # (the border's filter sees only part of the board)
+    assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=1e-6)
+    assert resize_views([a], 32)[0] is a
+
+
+class _SideRecorder(nn.Module):
+    """A tiny backbone that records the side of every batch it sees in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.sides: list[int] = []
+
+    def forward(self, x):
+        if self.training:
+            self.sides.append(x.shape[-1])
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def _tiny(tmp_path, *pairs):
+    settings = [
+        ("data.train", ["digits"]),
+        ("data.eval", []),
+        ("data.limit", 128),
+        ("data.workers", 0),
+        ("train.batch_size", 32),
+        ("train.epochs", 2),
+        ("train.precision", "fp32"),
+        ("train.out", str(tmp_path / "run")),
+        ("model.projector", "16-16"),
+        ("augment.image_size", 16),
+        ("monitor.knn_every_epochs", 0),
+        ("monitor.picture_every", 0),
+        *pairs,
+    ]
+    return make_config("demo", [override(key, value) for key, value in settings])
+
+
+def test_pretraining_feeds_the_scheduled_sides(tmp_path):
+    config = _tiny(tmp_path, ("train.progressive_start", 8), ("train.progressive_ramp", [0.25, 0.75]))
+    recorder = _SideRecorder()
+    pretrain(config, backbone=recorder)
+    total = 2 * 128 // 32
+    expected = [view_side(step, total, 8, 16, (0.25, 0.75)) for step in range(total)]
+    assert expected[0] == 8 and expected[-1] == 16
+    assert recorder.sides == [side for side in expected for _ in range(2)]  # views A and B of each step
+
+
+def test_a_progressive_start_above_the_image_size_is_refused(tmp_path):
+    with pytest.raises(BarlowTwinsError, match="progressive_start"):
+        _tiny(tmp_path, ("train.progressive_start", 32))
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.6])  # step time as the pixels (a GPU), or as this CPU's at 64-128 px
+def test_the_budget_fits_the_growing_steps_into_the_time(beta):
+    """Steps whose time follows the scheduled side's pixels to the power beta: the plan ends the run (its
+    schedule complete) within 3 % of the budget; a plan blind to the costs overruns it and cuts the schedule."""
+    start, end, ramp, unit = 64, 128, (0.5, 0.85), 0.01  # a full-size step takes 10 ms
+
+    def simulate(cost) -> tuple[float, bool]:
+        now = [0.0]
+        budget = Budget(seconds=30.0, max_steps=100_000, clock=lambda: now[0], cost=cost)
+        step = planned = 0
+        while step < budget.total_steps:
+            planned = budget.total_steps  # the plan the last step was taken under
+            side = view_side(step, planned, start, end, ramp)
+            now[0] += unit * ((side / end) ** 2) ** beta
+            step += 1
+            budget.step_done(step)
+        return budget.spent, step == planned  # False: out of time before the plan's end
+
+    spent, completed = simulate(partial(step_cost, start=start, end=end, ramp=ramp))
+    assert completed and 0.97 * 30.0 <= spent <= 30.0 + unit
+    spent_blind, completed_blind = simulate(None)  # every step assumed to cost the same
+    assert spent_blind >= 30.0 and not completed_blind  # out of time before its planned end: the schedule is cut
+
+
+def test_step_cost_is_the_share_of_the_pixels():
+    progress = np.array([0.0, 0.5, 0.675, 0.85, 1.0])
+    sides = np.array([64, 64, 96, 128, 128])
+    assert np.allclose(step_cost(progress, 64, 128, (0.5, 0.85)), (sides / 128) ** 2)
