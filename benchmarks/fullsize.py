@@ -172,10 +172,11 @@ def measure(root: str, folder: str, batch: int, args: argparse.Namespace) -> dic
 
 def describe(paths: list[Path]) -> str:
     sizes = [Image.open(p).size for p in paths]
+    longer, shorter = (int(np.median([f(size) for size in sizes])) for f in (max, min))
     return (
-        f"{len(paths)} JPEGs, median {int(np.median([w for w, _ in sizes]))}x{int(np.median([h for _, h in sizes]))}"
-        f" px (largest {max(w * h for w, h in sizes) / 1e6:.1f} Mpx), "
-        f"{np.mean([p.stat().st_size for p in paths]) / 1e3:.0f} KB on average"
+        f"{len(paths)} JPEGs, median {longer}x{shorter} px (longer x shorter side; largest "
+        f"{max(w * h for w, h in sizes) / 1e6:.1f} Mpx), {np.mean([p.stat().st_size for p in paths]) / 1e3:.0f} KB "
+        "on average"
     )
 
 
@@ -223,10 +224,10 @@ def describe_tree() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raccoon", default=str(RACCOON), help="folder of real JPEGs ('' to skip)")
-    parser.add_argument("--count", type=int, default=500, help="photo-like JPEGs at ImageNet sizes (0: skip)")
-    parser.add_argument("--large", type=int, default=96, help="photo-like JPEGs of 2000x1500 px (0: skip)")
+    parser.add_argument("--count", type=int, default=300, help="photo-like JPEGs at ImageNet sizes (0: skip)")
+    parser.add_argument("--large", type=int, default=64, help="photo-like JPEGs of 2000x1500 px (0: skip)")
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 64], help="batch sizes")
-    parser.add_argument("--pairs", type=int, default=640, help="pairs timed per stream")
+    parser.add_argument("--pairs", type=int, default=512, help="pairs timed per stream")
     parser.add_argument("--warm", type=int, default=4, help="batches drawn before timing")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median reported)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: one per core)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ from barlowtwins.config import AugmentConfig, DataConfig, PretrainConfig, TrainC
 from barlowtwins.data import open_source
 from barlowtwins.data.cache import stored_full
 from barlowtwins.data.decode import decode, open_image, reduce_for, to_rgb
-from barlowtwins.data.loaders import cached_training_batches, decoded
+from barlowtwins.data.loaders import ShardedEpochSampler, cached_training_batches, decoded
 from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.views import crops as crops_module
 from barlowtwins.views.batched import training_views
 from barlowtwins.views.batches import stored_side, view_batches
+from barlowtwins.views.cropped_batches import NumberedBatches
 from barlowtwins.views.crops import CropViews, full_resolution_side, resized_crop, sample_crop_boxes
 
 CPU = torch.device("cpu")
@@ -210,6 +212,18 @@ def test_resuming_mid_epoch_gives_exactly_the_views_of_an_uninterrupted_run(tmp_
     for ours, theirs in zip(views, run[4][0], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert sorted(i for batch in run[:3] for i in batch[2]) == sorted(str(p) for p in folder.iterdir())
+
+
+def test_the_batches_run_on_from_epoch_to_epoch_in_one_pass_of_the_loader():
+    """One endless pass: its workers never drain at an epoch's end (200 photos in batches of 64 left one of two
+    workers idle through every third batch). Each epoch is a fresh permutation; a resumed one skips its first
+    batches; every item carries its epoch and batch number."""
+    sampler = ShardedEpochSampler(10, 4, seed=0)
+    batches = NumberedBatches(sampler, 4, start_epoch=3, skip_batches=1)
+    drawn = list(itertools.islice(iter(batches), 5))
+    assert [batch[0][2:] for batch in drawn] == [(3, 1), (4, 0), (4, 1), (5, 0), (5, 1)]
+    assert len({i for batch in drawn[1:3] for i, *_ in batch}) == 8  # epoch 4: 8 distinct photos of 10, 2 dropped
+    assert [i for i, *_ in drawn[1]] != [i for i, *_ in drawn[3]]  # epoch 5: another permutation
 
 
 def test_cifar_size_data_takes_the_whole_batch_path_bit_for_bit(cifar_dir):

@@ -76,7 +76,7 @@ def _float_like(images: torch.Tensor) -> torch.Tensor:
 
 
 class BatchedViews:
-    """One view's pipeline (``views.view_transform``) on a uint8 (N, 3, H, W) batch; same parameters.
+    """One view's pipeline (``per_sample.view_transform``) on a uint8 (N, 3, H, W) batch; same parameters.
 
     Returns float32 (N, 3, image_size, image_size) normalised with mean/std, on the images' device.
     """
@@ -169,7 +169,7 @@ def batched_two_views(
     mean: tuple[float, float, float] = A.mean,
     std: tuple[float, float, float] = A.std,
 ) -> BatchedTwoViews:
-    """Batched ``views.two_views``: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
+    """Batched ``per_sample.two_views``: ``blur_p`` and ``solarize_p`` give (view A, view B) probabilities."""
     return BatchedTwoViews(*asymmetric_pair(BatchedViews, locals()))
 
 
