@@ -85,27 +85,9 @@ def find_op(view: T.Compose, kind: type):
     return next(t for t in view.transforms if isinstance(t, kind))
 
 
-@pytest.mark.parametrize(("view_index", "p"), [(0, 1.0), (1, 0.1)])
-def test_blur_probability_per_view(view_index, p, monkeypatch):
-    calls = []
-    real = ImageFilter.GaussianBlur
-
-    def counting(radius):
-        calls.append(radius)
-        return real(radius)
-
-    monkeypatch.setattr(ImageFilter, "GaussianBlur", counting)
-    view = (two_views(32).view_a, two_views(32).view_b)[view_index]
-    image = half_red_half_blue()
-    for _ in range(DRAWS):
-        view(image)
-    assert_rate(len(calls) / DRAWS, p)
-
-
-def test_blur_is_pils_gaussian_blur_with_sigma_uniform_in_the_range_as_main_py(monkeypatch):
-    """main.py: ``img.filter(ImageFilter.GaussianBlur(random.random() * 1.9 + 0.1))``; PIL's radius is the
-    Gaussian's standard deviation. The radii passed to PIL through a whole view follow U(0.1, 2.0) (KS, seeded),
-    and a view with the range pinned to one sigma blurs exactly as PIL does."""
+@pytest.fixture
+def blur_radii(monkeypatch) -> list[float]:
+    """The radius of every ``ImageFilter.GaussianBlur`` made from now on (PIL's blur, still applied)."""
     radii = []
     real = ImageFilter.GaussianBlur
 
@@ -114,6 +96,24 @@ def test_blur_is_pils_gaussian_blur_with_sigma_uniform_in_the_range_as_main_py(m
         return real(radius)
 
     monkeypatch.setattr(ImageFilter, "GaussianBlur", recording)
+    return radii
+
+
+@pytest.mark.parametrize(("view_index", "p"), [(0, 1.0), (1, 0.1)])
+def test_blur_probability_per_view(view_index, p, blur_radii):
+    calls = blur_radii
+    view = (two_views(32).view_a, two_views(32).view_b)[view_index]
+    image = half_red_half_blue()
+    for _ in range(DRAWS):
+        view(image)
+    assert_rate(len(calls) / DRAWS, p)
+
+
+def test_blur_is_pils_gaussian_blur_with_sigma_uniform_in_the_range_as_main_py(blur_radii, monkeypatch):
+    """main.py: ``img.filter(ImageFilter.GaussianBlur(random.random() * 1.9 + 0.1))``; PIL's radius is the
+    Gaussian's standard deviation. The radii passed to PIL through a whole view follow U(0.1, 2.0) (KS, seeded),
+    and a view with the range pinned to one sigma blurs exactly as PIL does."""
+    radii = blur_radii
     view = two_views(16, crop_scale=(1.0, 1.0)).view_a
     assert find_op(view, GaussianBlur).sigma == (0.1, 2.0)
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_blur_is_pils_gaussian_blur_with_sigma_uniform_in_the_range_as_main_py(m
         view(image)
     assert len(radii) == DRAWS and min(radii) >= 0.1 and max(radii) <= 2.0
     assert stats.kstest(radii, stats.uniform(loc=0.1, scale=1.9).cdf).pvalue > 1e-3
-    monkeypatch.setattr(ImageFilter, "GaussianBlur", real)
+    monkeypatch.undo()  # PIL's own blur again (the fixture's recorder shares this monkeypatch)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
     blurred = view_transform(24, **isolated(blur_p=1.0, blur_sigma=(1.3, 1.3)))(photo)
     expected = T.ToTensor()(photo.filter(ImageFilter.GaussianBlur(1.3)))

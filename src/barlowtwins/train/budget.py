@@ -60,7 +60,7 @@ class Budget:
         """Count one finished step (``step`` is the number done) and return the planned total steps."""
         now = self.clock()
         self.spent += now - self._last
-        if self._session_steps >= SETTLE_STEPS:
+        if self.seconds is not None and self._session_steps >= SETTLE_STEPS:  # the plan's step times
             level = self._levels.setdefault(round(float(self._costs(step - 1, step, self.total_steps)[0]), 3), [0, 0])
             level[0] += now - self._last
             level[1] += 1
