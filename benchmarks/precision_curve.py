@@ -30,7 +30,8 @@ from barlowtwins.data import open_source, resolve_workers
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.optim import lr_factor, set_learning_rate
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method, run_optimizer, train_step
+from barlowtwins.train.build import build_method, run_optimizer
+from barlowtwins.train.loop import train_step
 from barlowtwins.views.batched import training_views
 
 BATCH = 256

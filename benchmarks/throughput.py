@@ -36,7 +36,8 @@ import torch
 from barlowtwins.data import open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method, run_optimizer, train_step
+from barlowtwins.train.build import build_method, run_optimizer
+from barlowtwins.train.loop import train_step
 from barlowtwins.views.batched import batched_two_views
 from barlowtwins.views.per_sample import pair_settings, two_views
 

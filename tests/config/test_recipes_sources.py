@@ -153,7 +153,7 @@ def test_auto_lr_from_the_command_line_keeps_an_explicit_bias_lr(capsys):
 
 
 def test_loss_scale_reaches_the_training_method():
-    from barlowtwins.train.loop import build_method
+    from barlowtwins.train.build import build_method
 
     config = make_config("cifar10", [{"model": {"projector": "8-8-8"}}])
     assert build_method(config).scale == 0.1

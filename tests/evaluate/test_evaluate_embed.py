@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory):
     the initial ones (pretraining itself is tested elsewhere and takes far longer).
     """
     from barlowtwins.recipes import make_config, override
-    from barlowtwins.train.loop import build_method
+    from barlowtwins.train.build import build_method
     from barlowtwins.train.run_dir import RunDir
 
     out = tmp_path_factory.mktemp("run")
@@ -61,7 +61,7 @@ def test_embed_writes_backbone_and_projector_outputs_equal_to_a_direct_forward_p
 
     state = load_checkpoint(tiny_run)
     from barlowtwins.recipes import config_from_dict
-    from barlowtwins.train.loop import build_method
+    from barlowtwins.train.build import build_method
 
     model = build_method(config_from_dict(state["config"]))
     model.load_state_dict(state["model"])

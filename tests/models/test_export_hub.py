@@ -17,7 +17,7 @@ from barlowtwins.atomic import atomic_save
 from barlowtwins.checkpoint import FORMAT, load_backbone
 from barlowtwins.export import export_backbone
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method
+from barlowtwins.train.build import build_method
 
 REPO = Path(__file__).resolve().parents[2]
 safetensors_torch = pytest.importorskip("safetensors.torch")

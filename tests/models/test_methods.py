@@ -159,7 +159,7 @@ def test_predictor_must_end_at_the_projector_width():
 def test_a_setting_the_method_does_not_read_is_refused(method, key, value):
     """A Barlow Twins-only (or BYOL-only) setting changed for another method: one line, not silently ignored."""
     from barlowtwins import make_config
-    from barlowtwins.train.loop import build_method
+    from barlowtwins.train.build import build_method
 
     section, field = key.split(".")
     overrides = {"model": {"method": method, "projector": "8-8"}, "loss": {}}

@@ -21,7 +21,7 @@ from barlowtwins.errors import BarlowTwinsError
 from barlowtwins.export import export_backbone
 from barlowtwins.init_weights import initialise
 from barlowtwins.recipes import make_config, override
-from barlowtwins.train.loop import build_method
+from barlowtwins.train.build import build_method
 
 TINY = ["--recipe", "demo", "--data", "digits", "--limit", "64", "--batch-size", "32", "--projector", "32-32"]
 TINY += ["--workers", "0", "--precision", "fp32", "--set", "data.eval=[]", "--set", "monitor.picture_every=0"]

@@ -15,7 +15,7 @@ from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
 from barlowtwins.losses.barlow_twins import barlow_twins_terms
 from barlowtwins.recipes import make_config
-from barlowtwins.train.loop import _monitor
+from barlowtwins.train.build import build_monitor
 from barlowtwins.train.monitor import (
     Monitor,
     OnlineProbe,
@@ -186,7 +186,7 @@ def test_training_batches_without_labels_turn_the_probe_off(tmp_path, caplog):
 
 
 def test_the_loop_builds_the_monitor_from_its_settings(tmp_path):
-    """``loop._monitor`` hands every setting the monitor reads over as a plain value."""
+    """``build_monitor`` hands every setting the monitor reads over as a plain value."""
     overrides = {
         "data": {"eval": []},
         "augment": {"image_size": 12, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
@@ -197,7 +197,7 @@ def test_the_loop_builds_the_monitor_from_its_settings(tmp_path):
     method = SimpleNamespace(expose_embeddings=False, feature_dim=4)
     source = SimpleNamespace(samples=SimpleNamespace(labels=np.array([0, 2, 1])))
     setup = SimpleNamespace(method=method, source=source, steps_per_epoch=9, device=torch.device("cpu"))
-    monitor = _monitor(config, setup, _Run(tmp_path), None)
+    monitor = build_monitor(config, setup, _Run(tmp_path), None)
     assert (monitor.image_size, monitor.mean, monitor.std) == (12, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     assert (monitor.knn_k, monitor.knn_temperature, monitor.knn_batch_size, monitor.knn_every_epochs) == (7, 0.5, 11, 2)
     assert (monitor.picture_every, monitor.picture_block) == (3, 5)

@@ -1,6 +1,6 @@
 """The views of a run as ``barlowtwins views`` shows and times them, drawn through the training path itself.
 
-:func:`barlowtwins.views.batches.view_batches` makes every training batch (the loop imports it from here too);
+:func:`barlowtwins.views.batches.view_batches` makes every training batch;
 this module draws the first pairs of a run as pictures and a tensor, or times them.
 """
 
@@ -15,7 +15,7 @@ from barlowtwins.data import ImageSource, open_source, sample_index, select_samp
 from barlowtwins.train.preflight import check_batch_size
 from barlowtwins.views.batches import view_batches
 
-__all__ = ["draw_views", "time_views", "view_batches", "write_views"]
+__all__ = ["draw_views", "time_views", "write_views"]
 
 
 def draw_views(

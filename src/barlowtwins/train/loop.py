@@ -1,20 +1,18 @@
 """``pretrain(config)``: the one training loop (paper §2.2) for any method, on CPU, one GPU or torchrun.
 
-Setup builds the pieces from the config; the loop then runs ``train_step`` until the schedule ends (the
-epochs, or the steps that fit a time budget), logging and checkpointing through
+:mod:`barlowtwins.train.build` makes the pieces from the config; the loop then runs ``train_step`` until the
+schedule ends (the epochs, or the steps that fit a time budget), logging and checkpointing through
 :class:`~barlowtwins.train.run_dir.RunDir`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,55 +21,31 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from barlowtwins import distributed, methods
+from barlowtwins import distributed
 from barlowtwins.config import PretrainConfig
-from barlowtwins.data import ImageSource, open_source
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.init_weights import initialise
-from barlowtwins.methods import METHODS
-from barlowtwins.models.backbones import CUSTOM, Backbone, initial_backbone
-from barlowtwins.optim import build_optimizer, lr_factor, set_learning_rate
-from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, seed_everything, select_device
+from barlowtwins.models.backbones import CUSTOM, Backbone
+from barlowtwins.optim import lr_factor, set_learning_rate
+from barlowtwins.runtime import precision_name, seed_everything
 from barlowtwins.train.budget import Budget
+from barlowtwins.train.build import (
+    Setup,
+    build_monitor,
+    build_setup,
+    choose_precision,
+    grad_scaler,
+    on_device,
+    training_batches,
+)
 from barlowtwins.train.divergence import FiniteWatch
 from barlowtwins.train.end import evaluate_run, finished_run
-from barlowtwins.train.inputs import view_batches
-from barlowtwins.train.monitor import Monitor, knn_images
+from barlowtwins.train.monitor import Monitor
 from barlowtwins.train.preemption import Preemption
-from barlowtwins.train.preflight import check_batch_size, check_evaluation_data
 from barlowtwins.train.resolution import resize_views, step_cost, view_side
-from barlowtwins.train.run_dir import RunDir, holds_checkpoint
+from barlowtwins.train.run_dir import RunDir
 from barlowtwins.validation import parse_duration
 
 logger = logging.getLogger(__name__)
-
-
-def build_method(config: PretrainConfig, backbone: Backbone | nn.Module | None = None) -> nn.Module:
-    """The method's networks and loss, the backbone initialised from ``train.seed`` (see ``initial_backbone``)
-    unless a module built in Python is given (``custom_backbone``, or any module: ``as_backbone``)."""
-    model = config.model
-    if model.method not in METHODS:  # before building a backbone
-        raise BarlowTwinsError(f"model.method must be one of {', '.join(METHODS)} (got '{model.method}')")
-    if backbone is None:
-        backbone = initial_backbone(model.arch, model.small_stem, config.train.seed, model.stem_stride)
-    return methods.build_method(model.method, backbone, model, config.loss, config.augment.image_size)
-
-
-def run_optimizer(config: PretrainConfig, method: nn.Module) -> torch.optim.Optimizer:
-    """The optimiser a run of ``config`` trains ``method`` with (``optim`` settings, ``train.batch_size``)."""
-    optim = config.optim
-    return build_optimizer(
-        method,
-        method.no_weight_decay(),
-        optim.optimizer,
-        config.train.batch_size,
-        optim.lr_weights,
-        optim.lr_biases,
-        optim.weight_decay,
-        optim.momentum,
-        optim.lars_eta,
-        optim.clip_lr,
-    )
 
 
 def train_step(trainer: nn.Module, optimizer, scaler, views, dtype: torch.dtype | None) -> dict[str, Any]:
@@ -86,18 +60,6 @@ def train_step(trainer: nn.Module, optimizer, scaler, views, dtype: torch.dtype 
     return terms
 
 
-@dataclass
-class _Setup:
-    method: nn.Module  # unwrapped, for state_dict and after_step
-    trainer: nn.Module  # the method, or its DDP wrapper
-    optimizer: torch.optim.Optimizer
-    source: ImageSource
-    device: torch.device
-    memory_format: torch.memory_format
-    steps_per_epoch: int
-    init: dict[str, Any] | None = None  # what --init took, for meta.json (None: not applied)
-
-
 def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = None, eval_only: bool = False) -> Path:
     """Pretrain as ``config`` says; returns the run directory. Resumes automatically from its checkpoint; a
     finished run is left as it is, unless ``eval_only``: then its evaluation runs again (overwriting eval/knn.json).
@@ -110,22 +72,22 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     if eval_only and (not config.data.eval or config.model.arch == CUSTOM):
         raise BarlowTwinsError("--eval-only runs the kNN evaluation on --eval-data: pass --eval-data (labelled data)")
     training, optim = config.train, config.optim
-    setup = _setup(config, backbone)
-    scaler = _grad_scaler(training.precision, setup.device)
+    setup = build_setup(config, backbone)
+    scaler = grad_scaler(training.precision, setup.device)
     run = RunDir(Path(training.out), distributed.is_main_process())
     progress = run.start(
         config, setup.method, setup.optimizer, scaler, training.epochs * setup.steps_per_epoch, eval_only, setup.init
     )
     if progress["finished"]:
         return finished_run(config, run, progress["step"], eval_only)
-    monitor = _monitor(config, setup, run, progress["monitor"])
+    monitor = build_monitor(config, setup, run, progress["monitor"])
     run.extra_state = monitor.state_dict  # the online probe's state goes into each checkpoint
     step = progress["step"]
     seed_everything(training.seed + 1000 * distributed.rank() + step)  # augmentations differ per process and resume
     setup_started = time.perf_counter()
-    batches = _batches(config, setup, step)
+    batches = training_batches(config, setup, step)
     views, labels = _next_views(batches, setup)
-    dtype = _precision(config, setup, views, run.main, progress["precision"])
+    dtype = choose_precision(config, setup, views, run.main, progress["precision"])
     run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
     budget = _budget(config, setup, progress)
     configured_warmup = round(optim.warmup_epochs * setup.steps_per_epoch)
@@ -170,14 +132,9 @@ def _sides(config: PretrainConfig) -> tuple[int, int, tuple[float, float]]:
     return config.train.progressive_start, config.augment.image_size, config.train.progressive_ramp
 
 
-def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling, on only for fp16 autocast (fp32 and bf16 need none)."""
-    return torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision, device) == torch.float16)
-
-
 def _checkpoint(
     config: PretrainConfig,
-    setup: _Setup,
+    setup: Setup,
     run: RunDir,
     watch: FiniteWatch,
     scaler: torch.amp.GradScaler,
@@ -190,7 +147,7 @@ def _checkpoint(
     run.save(setup.method, setup.optimizer, scaler, config, step, setup.steps_per_epoch, spent, total)
 
 
-def _budget(config: PretrainConfig, setup: _Setup, progress: dict[str, Any]) -> Budget:
+def _budget(config: PretrainConfig, setup: Setup, progress: dict[str, Any]) -> Budget:
     """The run's steps: its epochs, or those that fit ``train.time_budget`` (the ranks agree on the count)."""
     sides = _sides(config)
     return Budget(
@@ -205,14 +162,14 @@ def _budget(config: PretrainConfig, setup: _Setup, progress: dict[str, Any]) -> 
     )
 
 
-def _next_views(batches: Iterator, setup: _Setup) -> tuple[list[torch.Tensor], Any]:
+def _next_views(batches: Iterator, setup: Setup) -> tuple[list[torch.Tensor], Any]:
     """The next batch's views on the training device, and its labels (left where they are)."""
     batch = next(batches)
-    return _on_device(batch[0], setup), batch[1]
+    return on_device(batch[0], setup), batch[1]
 
 
 def _log_row(
-    setup: _Setup,
+    setup: Setup,
     run: RunDir,
     monitor: Monitor,
     budget: Budget,
@@ -250,121 +207,7 @@ def _checkpoint_due(step: int, total: int, steps_per_epoch: int, every: int) -> 
     return step % steps_per_epoch == 0 or step == total or bool(every and step % every == 0)
 
 
-def _setup(config: PretrainConfig, backbone: Backbone | nn.Module | None = None) -> _Setup:
-    training, data = config.train, config.data
-    device, local_rank = distributed.join(select_device(training.device), training.batch_size)
-    source = open_source(data.train, data.root, data.download, data.limit)
-    check_batch_size(training.batch_size, source.num_samples)
-    check_evaluation_data(config, source)  # what the kNN at the end needs fails now, before the run directory
-    method = build_method(config, backbone)
-    init = _init(config, method) if config.model.init and not holds_checkpoint(Path(training.out)) else None
-    if distributed.is_distributed():
-        method = distributed.convert_sync_batchnorm(method, device.type)
-    memory_format = torch.channels_last if training.channels_last else torch.contiguous_format
-    method = method.to(device, memory_format=memory_format)
-    optimizer = run_optimizer(config, method)
-    trainer = method
-    if distributed.is_distributed():
-        trainer = nn.parallel.DistributedDataParallel(
-            method, device_ids=[local_rank] if device.type == "cuda" else None
-        )
-    if training.compile:
-        trainer = torch.compile(trainer)
-    steps_per_epoch = source.num_samples // training.batch_size
-    return _Setup(method, trainer, optimizer, source, device, memory_format, steps_per_epoch, init)
-
-
-def _init(config: PretrainConfig, method: nn.Module) -> dict[str, Any]:
-    """``--init`` on a fresh run, on every process alike, before DDP (a resumed run never re-reads it)."""
-    model, images = config.model, config.augment
-    settings = (model.arch, model.small_stem, model.stem_stride, images.mean, images.std)
-    return initialise(method, model.init, *settings, log=distributed.is_main_process())
-
-
-def _monitor(config: PretrainConfig, setup: _Setup, run: RunDir, state: dict[str, Any] | None) -> Monitor:
-    """The run's :class:`Monitor` from the ``monitor``, ``knn``, ``augment`` and ``data`` settings; the main
-    process decodes the kNN bank and queries (data.limit / data.eval_limit within the monitor's own limits)."""
-    watch, data, images = config.monitor, config.data, config.augment
-    bank = queries = None
-    if run.main and watch.knn_every_epochs != 0 and data.eval:
-        bank_limit = min(data.limit or watch.knn_bank_limit, watch.knn_bank_limit)
-        query_limit = min(data.eval_limit or watch.knn_query_limit, watch.knn_query_limit)
-        bank, queries = knn_images(
-            setup.source,
-            data.train,
-            data.eval,
-            data.root,
-            data.download,
-            bank_limit,
-            query_limit,
-            images.image_size,
-            data.cache,
-            data.cache_dir,
-            data.workers,
-        )
-    samples = setup.source.samples
-    return Monitor(
-        setup.method,
-        run,
-        setup.steps_per_epoch,
-        setup.device,
-        bank=bank,
-        queries=queries,
-        training_labels=samples.labels if samples is not None else None,
-        image_size=images.image_size,
-        mean=images.mean,
-        std=images.std,
-        knn_k=config.knn.k[0],
-        knn_temperature=config.knn.temperature,
-        knn_batch_size=config.knn.batch_size,
-        knn_every_epochs=watch.knn_every_epochs,
-        knn_bank_limit=watch.knn_bank_limit,
-        probe=watch.probe,
-        probe_lr=watch.probe_lr,
-        picture_every=watch.picture_every,
-        picture_block=watch.picture_block,
-        alarm_rank_fraction=watch.alarm_rank_fraction,
-        alarm_constant=watch.alarm_constant,
-        state=state,
-    )
-
-
-def _batches(config: PretrainConfig, setup: _Setup, step: int) -> Iterator:
-    """This process's training batches from ``step`` on (:func:`barlowtwins.train.inputs.view_batches`)."""
-    return view_batches(config, setup.device, setup.source, step)
-
-
-def _on_device(views, setup: _Setup) -> list[torch.Tensor]:
-    return [view.to(setup.device, non_blocking=True, memory_format=setup.memory_format) for view in views]
-
-
-def _precision(
-    config: PretrainConfig, setup: _Setup, views: list[torch.Tensor], main: bool, resumed: str | None
-) -> torch.dtype | None:
-    """The autocast dtype; ``auto`` on a CPU measures fp32 against bf16 on a copy of the model (same on all ranks),
-    except when resuming: a run keeps the precision it started with (``resumed``), so it resumes bit for bit."""
-    if config.train.precision != "auto" or setup.device.type != "cpu":
-        return autocast_dtype(config.train.precision, setup.device)
-    if resumed is not None:
-        return autocast_dtype(resumed, setup.device)
-    probe = copy.deepcopy(setup.method).eval()  # eval: no batch-norm statistics change, no collectives
-    n = max(8, len(views[0]) // 4)  # a quarter batch: the ratio is what counts (small views: n per small view)
-    views = [view[: n * (len(view) // len(views[0]))] for view in views]
-
-    def forward_backward(dtype: torch.dtype | None) -> None:
-        with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
-            loss = probe(*views)["loss"]
-        loss.backward()
-
-    dtype, seconds = fastest_dtype(forward_backward)
-    dtype = distributed.broadcast_object(dtype)
-    if main:
-        shown = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
-        logger.info("precision auto: measured forward + backward (%s); using %s", shown, precision_name(dtype))
-    return dtype
-
-
-def _announce(config, setup: _Setup, run: RunDir, dtype, budget: Budget, setup_seconds: float) -> None:
+def _announce(config, setup: Setup, run: RunDir, dtype, budget: Budget, setup_seconds: float) -> None:
     if run.main:
         model, training = config.model, config.train
         plan = f"{budget.total_steps} steps"
@@ -378,7 +221,7 @@ def _announce(config, setup: _Setup, run: RunDir, dtype, budget: Budget, setup_s
         )
 
 
-def _record(setup: _Setup, terms: dict[str, Any], step: int, images_per_s: float) -> dict[str, Any]:
+def _record(setup: Setup, terms: dict[str, Any], step: int, images_per_s: float) -> dict[str, Any]:
     """The metrics.jsonl line of ``step`` (the one host sync of a logged step; ``FiniteWatch`` has checked it)."""
     values = {name: None if terms[name] is None else terms[name].item() for name in setup.method.logged}
     return {
@@ -391,7 +234,7 @@ def _record(setup: _Setup, terms: dict[str, Any], step: int, images_per_s: float
     }
 
 
-def _finish(config: PretrainConfig, setup: _Setup, run: RunDir, budget: Budget) -> None:
+def _finish(config: PretrainConfig, setup: Setup, run: RunDir, budget: Budget) -> None:
     """Plot, evaluate (kNN beside the random-init floor), and write training and evaluation minutes."""
     # Leave the process group before rank 0 evaluates alone: other ranks waiting at a barrier would time out
     # (30 min) during a long kNN; in eval mode the synchronised batch norms need no process group.
