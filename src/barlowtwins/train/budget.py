@@ -19,6 +19,7 @@ import numpy as np
 REPLAN_AFTER = (5, 20, 50, 100)  # steps of this session after which the plan is re-made; then every REPLAN_EVERY
 REPLAN_EVERY = 100
 SETTLE_STEPS = 2  # the first steps of a process (allocation, warm caches) are not counted in the step time
+PROBE_STEPS = 2  # then, with step costs that vary (low resolution first), this many steps at full cost to time them
 WARMUP_SHARE = 0.1  # under a budget, the warm-up takes at most this share of the planned steps
 
 
@@ -47,6 +48,8 @@ class Budget:
         # low resolution first (train/resolution.py); None: every step costs the same. A step's time is modelled
         # as unit x cost^beta, both fitted to this session's settled steps (beta: how this machine's step time
         # follows the cost, 1 until steps of two costs were measured), and the plan fits the costs to the time left.
+        # The first PROBE_STEPS settled steps of a session are full-cost ones (see ``probing``), so both ends of
+        # the cost range are timed before the first plan, and the plan does not move the schedule back and forth.
         self.cost = cost
         self._levels: dict[float, list[float]] = {}  # cost -> [seconds, steps] of the settled steps at that cost
         self.agree = agree  # several processes: the main process's plan, e.g. distributed.broadcast_object
@@ -56,12 +59,21 @@ class Budget:
         """Start timing now (call right before the first step, after set-up)."""
         self._last = self.clock()
 
-    def step_done(self, step: int) -> int:
-        """Count one finished step (``step`` is the number done) and return the planned total steps."""
+    def probing(self) -> bool:
+        """Whether the next step is to be taken at full cost (the views at full size) so that its time is
+        measured: the first ``PROBE_STEPS`` settled steps of a budgeted session whose step costs vary."""
+        settled = self._session_steps - SETTLE_STEPS
+        return self.seconds is not None and self.cost is not None and 0 <= settled < PROBE_STEPS
+
+    def step_done(self, step: int, cost: float | None = None) -> int:
+        """Count one finished step (``step`` is the number done; ``cost``: its relative cost as taken, e.g. the
+        pixel share of the side it was made at; default the plan's) and return the planned total steps."""
         now = self.clock()
         self.spent += now - self._last
         if self.seconds is not None and self._session_steps >= SETTLE_STEPS:  # the plan's step times
-            level = self._levels.setdefault(round(float(self._costs(step - 1, step, self.total_steps)[0]), 3), [0, 0])
+            if cost is None:
+                cost = 1.0 if self.probing() else float(self._costs(step - 1, step, self.total_steps)[0])
+            level = self._levels.setdefault(round(cost, 3), [0, 0])
             level[0] += now - self._last
             level[1] += 1
         self._last = now

@@ -100,11 +100,12 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     with run, bar, Preemption(setup.device, training.log_every) as preemption:
         while step < budget.total_steps:
             set_learning_rate(setup.optimizer, lr_factor(step, budget.total_steps, warmup, optim.final_lr_ratio))
-            terms = train_step(setup.trainer, setup.optimizer, scaler, _sized(views, step, budget, config), dtype)
+            side = _side(step, budget, config)
+            terms = train_step(setup.trainer, setup.optimizer, scaler, resize_views(views, side), dtype)
             watch.add(terms["loss"])
             setup.method.after_step(step, budget.total_steps)
             step += 1
-            total = budget.step_done(step)
+            total = budget.step_done(step, (side / config.augment.image_size) ** 2)  # the pixels it took
             warmup, bar.total = budget.warmup_steps(configured_warmup), total
             bar.update(1)
             monitor.train_probe(terms, labels)
@@ -122,9 +123,11 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     return run.path
 
 
-def _sized(views: list[torch.Tensor], step: int, budget: Budget, config: PretrainConfig) -> list[torch.Tensor]:
-    """Views A and B at the side low resolution first gives ``step`` of the plan (train.progressive_start)."""
-    return resize_views(views, view_side(step, budget.total_steps, *_sides(config)))
+def _side(step: int, budget: Budget, config: PretrainConfig) -> int:
+    """The side of views A and B at ``step`` of the plan under low resolution first (train.progressive_start;
+    otherwise augment.image_size); full size while the budget times full-cost steps (``Budget.probing``)."""
+    start, end, ramp = _sides(config)
+    return end if budget.probing() else view_side(step, budget.total_steps, start, end, ramp)
 
 
 def _sides(config: PretrainConfig) -> tuple[int, int, tuple[float, float]]:
