@@ -1,5 +1,6 @@
 """benchmarks/photos.py and its lightly arm: the lightly arm's optimiser is solo-learn's Barlow Twins setting (and
-its LARS is lightly's plus solo-learn's clip), and the report's table is built from the rows' results."""
+its LARS is lightly's plus solo-learn's clip), and the report's table is built from the rows' results; and
+benchmarks/photos_init.py's steps and table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,3 +78,46 @@ def test_report_table_from_rows(tmp_path, monkeypatch):
     assert "| lightly | 0 | 20 | failed: boom |" in report
     assert json.loads((tmp_path / "report.json").read_text())[0]["knn20"] == 61.25
     assert (tmp_path / "report.png").is_file()
+
+
+def test_init_study_runs_its_steps_in_order_and_tables_the_three_arms(tmp_path, monkeypatch):
+    """benchmarks/photos_init.py: CIFAR's run, its backbone scored on the photos, the continued run from that very
+    directory, and scratch for the sum of the minutes; each step skipped once its output exists; one table row per
+    arm from the runs' own kNN and timing files, and the line --init logged."""
+    _load("photos")
+    study = _load("photos_init")
+    monkeypatch.setattr(study, "machine", lambda: "a test machine")
+    monkeypatch.setattr(sys, "argv", ["photos_init.py", "--out", str(tmp_path)])
+    args = SimpleNamespace(cifar="c10", train="tr", val="va", cifar_minutes=20.0, continue_minutes=10.0, seed=0)
+    plan = study.steps(args, tmp_path)
+    assert [arm for arm, _, _ in plan] == ["CIFAR alone", "CIFAR alone", "CIFAR, continued", "scratch"]
+    assert plan[0][1][plan[0][1].index("--data") + 1] == "c10/cifar10-train-{000000..000009}.tar"
+    continued, scratch = plan[2][1], plan[3][1]
+    assert continued[continued.index("--init") + 1] == str(tmp_path / "cifar") == plan[1][1][3]
+    assert continued[continued.index("--time-budget") + 1] == "10m"
+    assert scratch[scratch.index("--time-budget") + 1] == "30m"
+
+    def knn(path: Path, ours: float, floor: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pretrained, random_init = {"20": ours, "200": ours - 1}, {"20": floor, "200": 30}
+        results = {"pretrained": {"top1": pretrained}, "random_init": {"top1": random_init}}
+        path.write_text(json.dumps({"results": results}))
+
+    for name, steps in (("cifar", 3000), ("continued", 400), ("scratch", 1300)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "timing.json").write_text(json.dumps({"steps": steps}))
+    knn(tmp_path / "cifar-on-imagenette.json", 40.0, 35.0)
+    knn(tmp_path / "continued" / "eval" / "knn.json", 60.5, 35.0)
+    knn(tmp_path / "scratch" / "eval" / "knn.json", 64.0, 35.0)
+    (tmp_path / "stdout.txt").write_text("--init x (checkpoint.pt, sha256 ab): backbone 120/120 tensors taken\n")
+    calls = []
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: calls.append(a))
+    for arm, command, done in plan:
+        study.run(arm, command, done, tmp_path / "stdout.txt")
+    assert calls == []  # every output exists: nothing runs again
+    study.report(args, tmp_path, plan)
+    report = (tmp_path / "report.md").read_text()
+    assert "| CIFAR alone | 20 on CIFAR-10 | 3000 | 40.0 (35.0) | 39.0 (30.0) |" in report
+    assert "| CIFAR, continued | 20 + 10 on Imagenette | 400 | 60.5 (35.0) | 59.5 (30.0) |" in report
+    assert "| scratch | 30 on Imagenette | 1300 | 64.0 (35.0) | 63.0 (30.0) |" in report
+    assert "backbone 120/120 tensors taken" in report
