@@ -130,9 +130,9 @@ class TrainConfig:
     time_budget: str = ""  # e.g. "20m", "90s", "1.5h": fit the schedule to the steps that fit ("": the epochs)
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps between extra mid-epoch checkpoints (0: at the end of each epoch only)
-    # Low-resolution first (FFCV's progressive resizing; not in the paper): views A and B, made at
-    # augment.image_size, shrunk on the device to progressive_start px, grown linearly back to image_size between
-    # the two fractions of the run's steps (a schedule, like the learning rate's)
+    # Low-resolution first (FFCV's progressive resizing; not in the paper): views A and B at progressive_start px,
+    # grown linearly back to image_size between the two fractions of the run's steps (a schedule, like the learning
+    # rate's); made at the step's side on the whole-batch path, else made at image_size and shrunk on the device
     progressive_start: int = 0  # side of the first steps' views, px (0: augment.image_size throughout, as the paper)
     progressive_ramp: tuple[float, float] = (0.5, 0.85)  # the growth starts / ends at these fractions of the run
 

@@ -151,3 +151,68 @@ def test_step_cost_is_the_share_of_the_pixels():
     progress = np.array([0.0, 0.5, 0.675, 0.85, 1.0])
     sides = np.array([64, 64, 96, 128, 128])
     assert np.allclose(step_cost(progress, 64, 128, (0.5, 0.85)), (sides / 128) ** 2)
+
+
+@pytest.mark.parametrize("crops", ["batch", "sample"])
+def test_the_whole_batch_path_makes_the_views_at_the_planned_side(tmp_path, monkeypatch, crops):
+    """Whole batches (the digits: one shape) are cropped straight to each step's side, so the loop has nothing
+    left to shrink; crops cut per sample in loader workers come at augment.image_size and the loop shrinks them.
+    The backbone sees the planned sides either way."""
+    from barlowtwins.train import loop
+
+    made, real_sized = [], loop._sized
+
+    def recording_sized(views, *rest):
+        made.append(views[0].shape[-1])
+        return real_sized(views, *rest)
+
+    monkeypatch.setattr(loop, "_sized", recording_sized)
+    ramp = (("train.progressive_start", 8), ("train.progressive_ramp", [0.25, 0.75]), ("data.crops", crops))
+    recorder = _SideRecorder()
+    pretrain(_tiny(tmp_path, *ramp), backbone=recorder)
+    planned = [view_side(step, 8, 8, 16, (0.25, 0.75)) for step in range(8)]
+    assert recorder.sides == [side for side in planned for _ in range(2)] and min(planned) == 8
+    assert made == (planned if crops == "batch" else [16] * 8)
+
+
+def test_a_progressive_run_interrupted_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Without a time budget each step's side is a function of the step, so the first batch after resuming
+    (made at a side between the start and the image size) is the one the uninterrupted run made: the same
+    sides and weights, bit for bit (as tests/train/test_pretrain.py's run without low resolution first)."""
+    from barlowtwins.checkpoint import load_checkpoint
+    from barlowtwins.train import loop
+
+    settings = (
+        ("augment.image_size", 24),
+        ("train.progressive_start", 8),
+        ("train.progressive_ramp", [0.0, 1.0]),
+        ("train.checkpoint_every", 1),
+    )
+    planned = [view_side(step, 8, 8, 24, (0.0, 1.0)) for step in range(8)]
+    assert planned[:3] == [8, 8, 16] and planned[-1] == 24  # the resumed run starts at step 2, at 16 px
+
+    def run(out: str) -> _SideRecorder:
+        torch.manual_seed(0)  # the same initial weights
+        recorder = _SideRecorder()
+        pretrain(_tiny(tmp_path / out, *settings), backbone=recorder)
+        return recorder
+
+    straight = run("straight")
+    real_lr_factor = loop.lr_factor
+
+    def crash_at_step_2(step, *rest):
+        if step == 2:  # steps 0 and 1 are done, the checkpoint of step 2 is on disk
+            raise KeyboardInterrupt
+        return real_lr_factor(step, *rest)
+
+    monkeypatch.setattr(loop, "lr_factor", crash_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run("interrupted")
+    assert load_checkpoint(tmp_path / "interrupted" / "run")["step"] == 2
+    monkeypatch.setattr(loop, "lr_factor", real_lr_factor)
+    resumed = run("interrupted")
+
+    assert resumed.sides == [side for side in planned[2:] for _ in range(2)]
+    assert straight.sides == [side for side in planned for _ in range(2)]
+    a, b = (load_checkpoint(tmp_path / out / "run") for out in ("straight", "interrupted"))
+    assert b["step"] == 8 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

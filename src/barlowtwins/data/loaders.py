@@ -326,10 +326,12 @@ def cached_training_batches(
     device: torch.device,
     start_epoch: int = 0,
     skip_batches: int = 0,
+    side: Callable[[], int] | None = None,
 ) -> Iterator:
     """Endless ``(views, labels, ids)`` batches: a seeded permutation per epoch split over processes (as
     :class:`ShardedEpochSampler`), rows gathered from the decoded images, ``views(uint8 batch, generator)``
-    made on ``device``."""
+    made on ``device`` when the batch is asked for; with ``side``, ``views(uint8 batch, generator, side())``,
+    the side asked for then (low resolution first: the side of the step the batch is for)."""
     sampler = ShardedEpochSampler(len(images), batch_size, seed)
     for epoch in itertools.count(start_epoch):
         first = skip_batches if epoch == start_epoch else 0
@@ -339,4 +341,5 @@ def cached_training_batches(
             rows = order[start : start + batch_size]
             uint8 = images.batch(rows).to(device, non_blocking=True)
             generator = torch.Generator().manual_seed(batch_seed(seed, epoch, batch, sampler.rank))
-            yield views(uint8, generator), torch.from_numpy(images.labels[rows]), [images.ids[i] for i in rows]
+            made = views(uint8, generator) if side is None else views(uint8, generator, side())
+            yield made, torch.from_numpy(images.labels[rows]), [images.ids[i] for i in rows]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +157,12 @@ def build_monitor(config: PretrainConfig, setup: Setup, run: RunDir, state: dict
     )
 
 
-def training_batches(config: PretrainConfig, setup: Setup, step: int) -> Iterator:
-    """This process's training batches from ``step`` on (:func:`barlowtwins.views.batches.view_batches`)."""
-    return view_batches(config, setup.device, setup.source, step)
+def training_batches(
+    config: PretrainConfig, setup: Setup, step: int, side: Callable[[], int] | None = None
+) -> Iterator:
+    """This process's training batches from ``step`` on (:func:`barlowtwins.views.batches.view_batches`), views
+    A and B made at ``side()`` where the data path allows (None: at ``augment.image_size``)."""
+    return view_batches(config, setup.device, setup.source, step, side)
 
 
 def on_device(views, setup: Setup) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -85,11 +85,11 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     step = progress["step"]
     seed_everything(training.seed + 1000 * distributed.rank() + step)  # augmentations differ per process and resume
     setup_started = time.perf_counter()
-    batches = training_batches(config, setup, step)
-    views, labels = _next_views(batches, setup)
-    dtype = choose_precision(config, setup, views, run.main, progress["precision"])
-    run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
     budget = _budget(config, setup, progress)
+    batches = training_batches(config, setup, step, _planned_side(config, budget, lambda: step))  # step read then
+    views, labels = _next_views(batches, setup)
+    dtype = choose_precision(config, setup, _full_size(views, config), run.main, progress["precision"])
+    run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
     configured_warmup = round(optim.warmup_epochs * setup.steps_per_epoch)
     warmup = budget.warmup_steps(configured_warmup)
     _announce(config, setup, run, dtype, budget, time.perf_counter() - setup_started)
@@ -125,9 +125,26 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
 
 def _side(step: int, budget: Budget, config: PretrainConfig) -> int:
     """The side of views A and B at ``step`` of the plan under low resolution first (train.progressive_start;
-    otherwise augment.image_size); full size while the budget times full-cost steps (``Budget.probing``)."""
+    otherwise augment.image_size); full size while the budget times full-cost steps (``Budget.probing``). The
+    whole-batch path makes the views at this side (:func:`_planned_side`); on other paths they are shrunk to it."""
     start, end, ramp = _sides(config)
     return end if budget.probing() else view_side(step, budget.total_steps, start, end, ramp)
+
+
+def _planned_side(config: PretrainConfig, budget: Budget, step: Callable[[], int]) -> Callable[[], int] | None:
+    """For the batches: the side of the views of step ``step()`` (the loop's counter, read as a batch is made:
+    the step that batch is for, since the loop asks for the next batch right after counting a step), in the
+    plan as it stands (the side :func:`_side` gives the step; without a time budget a function of the step alone,
+    so a resumed run makes the views an uninterrupted one does). None without low resolution first."""
+    if not config.train.progressive_start:
+        return None
+    return lambda: _side(step(), budget, config)
+
+
+def _full_size(views: list[torch.Tensor], config: PretrainConfig) -> list[torch.Tensor]:
+    """Views A and B at ``augment.image_size`` (the precision probe measures the steps at full size, the
+    resolution of the run's last steps, whatever side the first batch was made at)."""
+    return resize_views(views, config.augment.image_size)
 
 
 def _sides(config: PretrainConfig) -> tuple[int, int, tuple[float, float]]:

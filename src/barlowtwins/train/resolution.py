@@ -1,9 +1,17 @@
 """Low-resolution-first training (FFCV's progressive resizing, Leclerc et al. 2023): the views of early steps
-are shrunk on the training device, so a time budget buys more steps, and the side grows to
-``augment.image_size`` for the last part of the run, the resolution the backbone is evaluated at.
+are smaller, so a step costs less (the backbone's work and, where the views are made at that side, the views'
+too) and a time budget buys more steps; the side grows to ``augment.image_size`` for the last part of the run,
+the resolution the backbone is evaluated at.
 
-Not in the paper (§2.2 trains at 224 px throughout). The views are made at ``augment.image_size`` as always
-(the same crops, colours and blur) and only resized here, so the augmentation pipeline is unchanged.
+Not in the paper (§2.2 trains at 224 px throughout). The loop plans each step's side (:func:`view_side`) and
+where the data path allows, the views are made at it: on the whole-batch path (images of one shape, views made
+in the training process when the loop asks for a batch, ``views.batched.BatchedViews``) views A and B are
+cropped straight to the step's side and coloured there, with the same crop boxes and colour draws as at
+``augment.image_size`` and the blur's kernel and sigma scaled by side / image_size, so they are the full-size
+views resized, up to resampling. The other paths (crops cut ahead in loader workers for photos of several shapes,
+streamed shards, ``data.views=pil``) make the views at ``augment.image_size`` as always; :func:`resize_views`
+then shrinks them on the training device (it leaves views already at the side as they are). Multi-crop's small
+views keep their own size throughout.
 """
 
 from __future__ import annotations
@@ -43,8 +51,8 @@ def _sides(progress: np.ndarray, start: int, end: int, ramp: tuple[float, float]
 
 def resize_views(views: list[torch.Tensor], side: int) -> list[torch.Tensor]:
     """Views A and B (the first two, (N, C, H, W)) at ``side`` x ``side``, bilinear with antialiasing (as a
-    photo is shrunk), in the memory format they came in; views already that size, and multi-crop's small views
-    after them, are returned as they are."""
+    photo is shrunk), in the memory format they came in; views already that size (made at the side, on the
+    whole-batch path), and multi-crop's small views after them, are returned as they are."""
     return [_resized(view, side) if i < 2 else view for i, view in enumerate(views)]
 
 

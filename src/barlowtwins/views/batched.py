@@ -6,7 +6,8 @@ written with vectorised torch ops (``colour``) so a batch of N images costs a fe
 of N PIL pipelines; on a CPU they run a few images at a time, so that each slice stays in the cache. Each random
 parameter is drawn per sample on the CPU from the caller's ``torch.Generator``, so the same generator state
 gives the same parameters on any device and bit-identical views on the same one, however the batch is sliced.
-An operation with probability 0 is skipped and draws nothing.
+An operation with probability 0 is skipped and draws nothing. Views A and B can be made at a smaller side than
+``image_size`` with the same draws (low resolution first: :class:`BatchedViews`).
 
 Differences from the PIL path, all in pixel values rather than in distributions:
 
@@ -28,7 +29,7 @@ from torch.utils.data import get_worker_info
 from torchvision.ops import roi_align
 
 from barlowtwins.config import AugmentConfig
-from barlowtwins.views.colour import apply_colour, blur_kernel_size, draw_colour
+from barlowtwins.views.colour import ColourParams, apply_colour, blur_kernel_size, draw_colour
 from barlowtwins.views.crops import Range, sample_crop_boxes
 from barlowtwins.views.per_sample import asymmetric_pair
 
@@ -78,7 +79,10 @@ def _float_like(images: torch.Tensor) -> torch.Tensor:
 class BatchedViews:
     """One view's pipeline (``per_sample.view_transform``) on a uint8 (N, 3, H, W) batch; same parameters.
 
-    Returns float32 (N, 3, image_size, image_size) normalised with mean/std, on the images' device.
+    Returns float32 (N, 3, image_size, image_size) normalised with mean/std, on the images' device; or, given a
+    ``side`` (low resolution first, ``train/resolution.py``), (N, 3, side, side): the same boxes and colour draws,
+    the crop resized straight to ``side`` and coloured there, the blur scaled to it (:meth:`colour`), so the view
+    is the image_size view resized to ``side``, up to resampling, at a fraction of the work.
     """
 
     def __init__(
@@ -101,22 +105,24 @@ class BatchedViews:
         self.mean, self.std = tuple(mean), tuple(std)
         self.kernel_size = blur_kernel_size(image_size)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, side: int | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, self.crop_scale, generator)
         # roi_align needs floats; the 1/255 scaling waits until the (usually smaller) crop.
-        return self.colour(resized_crop(images.float(), boxes, self.image_size).div_(255.0), generator)
+        return self.colour(resized_crop(images.float(), boxes, side or self.image_size).div_(255.0), generator)
 
     def colour(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Everything after the crop: flip, jitter, grayscale, blur, solarization, normalisation, of (N, 3, S, S)
         crops, uint8 (crops cut per sample by ``crops.CropViews``; a new float tensor out) or float in [0, 1]
-        (changed in place). Every image's draws come first, then the operations run slice by slice."""
+        (changed in place). Every image's draws come first, then the operations run slice by slice. Crops of
+        another side than image_size (low resolution first) are blurred as by :meth:`blur_at`."""
         params = draw_colour(
             len(images), generator, self.flip_p, self.jitter, self.jitter_p, self.grayscale_p, self.blur_p,
             self.blur_sigma, self.solarize_p,
         )  # fmt: skip
+        params, kernel_size = self.blur_at(params, images.shape[-1])
         out = images if images.is_floating_point() else _float_like(images)
         mean = torch.tensor(self.mean, device=out.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=out.device).view(1, 3, 1, 1)
@@ -125,9 +131,18 @@ class BatchedViews:
             part = out[start : start + step]
             if out is not images:
                 part.copy_(images[start : start + step]).div_(255.0)
-            coloured = apply_colour(part, params.rows(start, start + step), self.jitter, self.kernel_size)
+            coloured = apply_colour(part, params.rows(start, start + step), self.jitter, kernel_size)
             torch.sub(coloured, mean, out=part).div_(std)
         return out
+
+    def blur_at(self, params: ColourParams, side: int) -> tuple[ColourParams, int]:
+        """The draws and the blur kernel's size for crops of ``side`` px. Sigma is drawn (and the kernel sized,
+        about 10 % of the side) in pixels of an image_size view; at another side both scale by side / image_size
+        (kernel: ``blur_kernel_size(side)``), so the view is blurred as the image_size view resized to ``side``
+        would be. At image_size the draws and kernel are used as they are."""
+        if side == self.image_size or params.sigma is None:
+            return params, self.kernel_size
+        return params._replace(sigma=params.sigma * (side / self.image_size)), blur_kernel_size(side)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
@@ -140,8 +155,11 @@ class BatchedTwoViews:
     def __init__(self, view_a: BatchedViews, view_b: BatchedViews):
         self.view_a, self.view_b = view_a, view_b
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.view_a(images, generator), self.view_b(images, generator)
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, side: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views A and B at image_size, or at ``side`` (:class:`BatchedViews`): the same draws either way."""
+        return self.view_a(images, generator, side), self.view_b(images, generator, side)
 
     def crop_specs(self) -> tuple[tuple[int, Range], ...]:
         """(output side, crop scale) of each view, for ``crops.CropViews``."""
@@ -180,8 +198,11 @@ class WithSmallViews:
     def __init__(self, pair: BatchedTwoViews, small: BatchedViews, count: int):
         self.pair, self.small, self.count = pair, small, count
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        y_a, y_b = self.pair(images, generator)  # drawn first: the pair is what it is without small views
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, side: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The pair (at ``side`` if given, :class:`BatchedTwoViews`), then the small views at their own size."""
+        y_a, y_b = self.pair(images, generator, side)  # drawn first: the pair is what it is without small views
         return y_a, y_b, torch.cat([self.small(images, generator) for _ in range(self.count)])
 
     def crop_specs(self) -> tuple[tuple[int, Range], ...]:

@@ -19,7 +19,7 @@ from the data:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,19 +73,26 @@ def view_batches(
     device: torch.device | None = None,
     source: ImageSource | None = None,
     step: int = 0,
+    side: Callable[[], int] | None = None,
 ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor, list[str]]]:
     """This process's endless ``(views, labels, ids)`` training batches from ``step`` on, as ``pretrain`` draws
     them: views normalised on ``device`` (default: ``train.device``), the data opened from ``data.train`` unless
     ``source`` is given. Resuming at ``step`` gives exactly the batches an uninterrupted run draws there (map-style
-    data; streamed shards are reshuffled instead)."""
+    data; streamed shards are reshuffled instead).
+
+    ``side`` (low resolution first): called as each batch is made, the side its views A and B should have. The
+    whole-batch path makes them at that side (each batch is made in this process when it is asked for); every
+    other path (crops cut in loader workers, streamed shards, ``data.views=pil``) makes them ahead, at
+    ``augment.image_size`` as without it, and the training loop shrinks them (``train.resolution.resize_views``).
+    Without it, every view is made at ``augment.image_size``."""
     t, d, a = config.train, config.data, config.augment
     device = device or select_device(t.device)
     source = source or open_source(d.train, d.root, d.download, d.limit)
     per_process, workers = t.batch_size // distributed.world_size(), resolve_workers(d.workers)
     start_epoch, skip = divmod(step, max(1, source.num_samples // t.batch_size))
-    side = stored_side(d, a)
-    mode = store_mode(source, side, d.cache, square=False)
-    images = decoded(source, side, mode, d.cache_dir, workers, square=False) if mode != "off" else None
+    stored = stored_side(d, a)
+    mode = store_mode(source, stored, d.cache, square=False)
+    images = decoded(source, stored, mode, d.cache_dir, workers, square=False) if mode != "off" else None
     if d.views == "pil":
         if images is not None:
             source = in_memory(Samples(_StoredImages(images), images.labels, images.ids), source.description)
@@ -95,7 +102,7 @@ def view_batches(
         )
     views = training_views(**dataclasses.asdict(a))
     if images is not None and whole_batches(images, a.image_size, d.crops):
-        return cached_training_batches(images, views, per_process, t.seed, device, start_epoch, skip)
+        return cached_training_batches(images, views, per_process, t.seed, device, start_epoch, skip, side)
     if images is None and d.crops == "batch":
         raise BarlowTwinsError("data.crops=batch crops stored images: set data.cache (not off), or data.crops=auto")
     crop = CropViews(views.crop_specs())
