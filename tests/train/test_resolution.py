@@ -160,13 +160,14 @@ def test_the_whole_batch_path_makes_the_views_at_the_planned_side(tmp_path, monk
     The backbone sees the planned sides either way."""
     from barlowtwins.train import loop
 
-    made, real_sized = [], loop._sized
+    made, real_next_views = [], loop._next_views
 
-    def recording_sized(views, *rest):
-        made.append(views[0].shape[-1])
-        return real_sized(views, *rest)
+    def recording_next_views(*args):
+        views, labels = real_next_views(*args)
+        made.append(views[0].shape[-1])  # as the batch comes, before the loop shrinks it
+        return views, labels
 
-    monkeypatch.setattr(loop, "_sized", recording_sized)
+    monkeypatch.setattr(loop, "_next_views", recording_next_views)
     ramp = (("train.progressive_start", 8), ("train.progressive_ramp", [0.25, 0.75]), ("data.crops", crops))
     recorder = _SideRecorder()
     pretrain(_tiny(tmp_path, *ramp), backbone=recorder)
