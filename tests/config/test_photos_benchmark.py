@@ -90,9 +90,10 @@ def test_init_study_runs_its_steps_in_order_and_tables_the_three_arms(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["photos_init.py", "--out", str(tmp_path)])
     args = SimpleNamespace(cifar="c10", train="tr", val="va", cifar_minutes=20.0, continue_minutes=10.0, seed=0)
     plan = study.steps(args, tmp_path)
-    assert [arm for arm, _, _ in plan] == ["CIFAR alone", "CIFAR alone", "CIFAR, continued", "scratch"]
+    assert [arm for arm, _, _ in plan] == ["CIFAR alone"] * 4 + ["CIFAR, continued", "scratch"]
     assert plan[0][1][plan[0][1].index("--data") + 1] == "c10/cifar10-train-{000000..000009}.tar"
-    continued, scratch = plan[2][1], plan[3][1]
+    continued, scratch, scored = plan[4][1], plan[5][1], plan[3][1]
+    assert scored[scored.index("--checkpoint") + 1] == str(plan[2][2]) and "--image-size" in scored
     assert continued[continued.index("--init") + 1] == str(tmp_path / "cifar") == plan[1][1][3]
     assert continued[continued.index("--time-budget") + 1] == "10m"
     assert scratch[scratch.index("--time-budget") + 1] == "30m"
@@ -107,6 +108,8 @@ def test_init_study_runs_its_steps_in_order_and_tables_the_three_arms(tmp_path, 
         (tmp_path / name).mkdir()
         (tmp_path / name / "timing.json").write_text(json.dumps({"steps": steps}))
     knn(tmp_path / "cifar-on-imagenette.json", 40.0, 35.0)
+    for exported in ("cifar-backbone.pth", "cifar-backbone-plain.pth"):
+        (tmp_path / exported).write_bytes(b"")
     knn(tmp_path / "continued" / "eval" / "knn.json", 60.5, 35.0)
     knn(tmp_path / "scratch" / "eval" / "knn.json", 64.0, 35.0)
     (tmp_path / "stdout.txt").write_text("--init x (checkpoint.pt, sha256 ab): backbone 120/120 tensors taken\n")

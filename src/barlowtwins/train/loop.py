@@ -61,12 +61,9 @@ def train_step(trainer: nn.Module, optimizer, scaler, views, dtype: torch.dtype 
 
 
 def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = None, eval_only: bool = False) -> Path:
-    """Pretrain as ``config`` says; returns the run directory. Resumes automatically from its checkpoint; a
-    finished run is left as it is, unless ``eval_only``: then its evaluation runs again (overwriting eval/knn.json).
-
-    ``backbone`` (``models.backbones.custom_backbone``, or any module: ``as_backbone``) replaces ``model.arch``;
-    the run records arch ``custom``, and resuming needs the same module again.
-    """
+    """Pretrain as ``config`` says; returns the run directory. Resumes from its checkpoint; a finished run is left
+    as it is, unless ``eval_only``: its evaluation runs again (eval/knn.json). ``backbone`` (``custom_backbone``, or
+    any module: ``as_backbone``) replaces ``model.arch``: the run records arch ``custom``; resuming needs it again."""
     if backbone is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, arch=CUSTOM, small_stem=False))
     if eval_only and (not config.data.eval or config.model.arch == CUSTOM):
@@ -90,8 +87,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     views, labels = _next_views(batches, setup)
     dtype = choose_precision(config, setup, _full_size(views, config), run.main, progress["precision"])
     run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
-    configured_warmup = round(optim.warmup_epochs * setup.steps_per_epoch)
-    warmup = budget.warmup_steps(configured_warmup)
+    configured_warmup = round(optim.warmup_epochs * setup.steps_per_epoch)  # capped under a budget, as it plans
     _announce(config, setup, run, dtype, budget, time.perf_counter() - setup_started)
     bar = _progress_bar(budget.total_steps, step, run.main)
     setup.trainer.train()
@@ -99,6 +95,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     budget.restart_clock()
     with run, bar, Preemption(setup.device, training.log_every) as preemption:
         while step < budget.total_steps:
+            warmup = budget.warmup_steps(configured_warmup)
             set_learning_rate(setup.optimizer, lr_factor(step, budget.total_steps, warmup, optim.final_lr_ratio))
             side = _side(step, budget, config)
             terms = train_step(setup.trainer, setup.optimizer, scaler, resize_views(views, side), dtype)
@@ -106,7 +103,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
             setup.method.after_step(step, budget.total_steps)
             step += 1
             total = budget.step_done(step, (side / config.augment.image_size) ** 2)  # the pixels it took
-            warmup, bar.total = budget.warmup_steps(configured_warmup), total
+            bar.total = total
             bar.update(1)
             monitor.train_probe(terms, labels)
             if step % training.log_every == 0 or step == total or monitor.due(step, total):
