@@ -61,7 +61,7 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str], Pat
         ),
         (  # as someone else's weights arrive: a plain state_dict (no sidecar), so kNN takes the photos' size
             "CIFAR alone",
-            [sys.executable, "-c", f"import torch; torch.save(torch.load({str(out / 'cifar-backbone.pth')!r}, "
+            ["python", "-c", f"import torch; torch.save(torch.load({str(out / 'cifar-backbone.pth')!r}, "
              f"weights_only=True), {str(PLAIN.format(out))!r})"],
             Path(PLAIN.format(out)),
         ),
@@ -91,7 +91,8 @@ def run(arm: str, command: list[str], done: Path, log: Path) -> None:
     if done.is_file():
         return
     print(f"{arm}: {shlex.join(command[:3])} ...", flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
+    executable = [sys.executable, *command[1:]] if command[0] == "python" else command
+    result = subprocess.run(executable, capture_output=True, text=True)
     with open(log, "a") as file:
         file.write(f"$ {shlex.join(command)}\n{result.stdout}{result.stderr[-5000:]}\n")
     if result.returncode != 0:
