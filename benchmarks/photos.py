@@ -152,10 +152,21 @@ def run_row(row: dict, train: str, val: str, out: Path, args: argparse.Namespace
     }
 
 
-def copy_lean(out: Path, dest: Path) -> None:
+LEAN = (
+    "report.md",
+    "report.json",
+    "report.png",
+    "runs/*/config.yaml",
+    "runs/*/meta.json",
+    "runs/*/timing.json",
+    "runs/*/resnet18.json",
+    "runs/*/eval/*.json",
+)  # what a result may commit (CONTRIBUTING.md)
+
+
+def copy_lean(out: Path, dest: Path, patterns: tuple[str, ...] = LEAN) -> None:
     """Copy what a result may commit (CONTRIBUTING.md): the report, its plot and each run's small files."""
-    keep = ("report.md", "report.json", "report.png", "runs/*/config.yaml", "runs/*/meta.json", "runs/*/timing.json")
-    for pattern in (*keep, "runs/*/resnet18.json", "runs/*/eval/*.json"):
+    for pattern in patterns:
         for path in out.glob(pattern):
             (dest / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest / path.relative_to(out))

@@ -25,16 +25,16 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from photos import SHARED, machine  # benchmarks/photos.py: the Imagenette location and the machine line
+from photos import SHARED, copy_lean, machine  # benchmarks/photos.py: Imagenette, copying, the machine line
 
 CIFAR = SHARED.parent / "cifar10"
 QUIET = ["--set", "monitor.knn_every_epochs=0"]  # the monitor's kNN is evaluation: off, as in benchmarks/photos.py
 CIFAR_SCORED = "cifar-on-imagenette.json"  # the CIFAR backbone's kNN on Imagenette
+LEAN = ("report.md", "report.json", CIFAR_SCORED, "*/config.yaml", "*/meta.json", "*/timing.json", "*/eval/knn.json")
 PLAIN = "{}/cifar-backbone-plain.pth"  # the CIFAR backbone as a plain torchvision state_dict
 IMAGENET_NORM = ["--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225"]  # photos-cpu's
 
@@ -149,16 +149,6 @@ def report(args: argparse.Namespace, out: Path, done: list[tuple[str, list[str],
     (out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def copy_lean(out: Path, dest: Path) -> None:
-    """The report and each run's small files (config, meta, timing, evaluation JSON), as CONTRIBUTING.md asks."""
-    patterns = ("report.md", "report.json", CIFAR_SCORED, "*/config.yaml", "*/meta.json",
-                "*/timing.json", "*/eval/knn.json")  # fmt: skip
-    for pattern in patterns:
-        for path in out.glob(pattern):
-            (dest / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest / path.relative_to(out))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="study directory (outside the repository)")
@@ -178,7 +168,7 @@ def main() -> None:
     report(args, out, done)
     print((out / "report.md").read_text())
     if args.copy_to:
-        copy_lean(out, Path(args.copy_to))
+        copy_lean(out, Path(args.copy_to), LEAN)
 
 
 if __name__ == "__main__":
