@@ -107,6 +107,16 @@ def commands(row: dict, train: str, val: str, run_dir: Path, args: argparse.Name
     ]
 
 
+def execute(command: list[str], log: Path) -> str | None:
+    """Run ``command`` (``python`` as this interpreter), append it and its output to ``log``; its last error line
+    when it fails, else None."""
+    executable = [sys.executable, *command[1:]] if command[0] == "python" else command
+    result = subprocess.run(executable, capture_output=True, text=True)
+    with open(log, "a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n{result.stdout}{result.stderr[-5000:]}\n")
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["no output"])[-1]
+
+
 def run_row(row: dict, train: str, val: str, out: Path, args: argparse.Namespace) -> dict:
     """Run the steps of ``row`` not yet done (each logged to stdout.txt), then read its results."""
     run_dir = out / "runs" / f"{slug(row['row'])}-{row['minutes']:g}m-s{row['seed']}"
@@ -116,13 +126,10 @@ def run_row(row: dict, train: str, val: str, out: Path, args: argparse.Namespace
         if done.is_file():
             continue
         print(f"{row['row']}, {row['minutes']:g} min, seed {row['seed']}: {shlex.join(command[:3])} ...", flush=True)
-        executable = [sys.executable, *command[1:]] if command[0] == "python" else command
-        result = subprocess.run(executable, capture_output=True, text=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "stdout.txt", "a") as log:
-            log.write(f"$ {shlex.join(command)}\n{result.stdout}{result.stderr[-5000:]}\n")
-        if result.returncode != 0:
-            return {**row, "error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
+        error = execute(command, run_dir / "stdout.txt")
+        if error is not None:
+            return {**row, "error": error}
     knn = json.loads((run_dir / "eval" / "knn.json").read_text())["results"]
     linear = json.loads((run_dir / DONE).read_text())["results"]
     timing = json.loads((run_dir / "timing.json").read_text())

@@ -25,11 +25,10 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from photos import SHARED, copy_lean, machine  # benchmarks/photos.py: Imagenette, copying, the machine line
+from photos import SHARED, copy_lean, execute, machine  # benchmarks/photos.py: Imagenette, commands, copying, machine
 
 CIFAR = SHARED.parent / "cifar10"
 QUIET = ["--set", "monitor.knn_every_epochs=0"]  # the monitor's kNN is evaluation: off, as in benchmarks/photos.py
@@ -91,12 +90,9 @@ def run(arm: str, command: list[str], done: Path, log: Path) -> None:
     if done.is_file():
         return
     print(f"{arm}: {shlex.join(command[:3])} ...", flush=True)
-    executable = [sys.executable, *command[1:]] if command[0] == "python" else command
-    result = subprocess.run(executable, capture_output=True, text=True)
-    with open(log, "a") as file:
-        file.write(f"$ {shlex.join(command)}\n{result.stdout}{result.stderr[-5000:]}\n")
-    if result.returncode != 0:
-        sys.exit(f"{arm} failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]} (see {log})")
+    error = execute(command, log)
+    if error is not None:
+        sys.exit(f"{arm} failed: {error} (see {log})")
 
 
 def row(arm: str, minutes: str, knn: Path, timing: Path | None, init_line: str = "") -> dict:

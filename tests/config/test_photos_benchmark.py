@@ -114,7 +114,7 @@ def test_init_study_runs_its_steps_in_order_and_tables_the_three_arms(tmp_path, 
     knn(tmp_path / "scratch" / "eval" / "knn.json", 64.0, 35.0)
     (tmp_path / "stdout.txt").write_text("--init x (checkpoint.pt, sha256 ab): backbone 120/120 tensors taken\n")
     calls = []
-    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(study, "execute", lambda *a, **k: calls.append(a))
     for arm, command, done in plan:
         study.run(arm, command, done, tmp_path / "stdout.txt")
     assert calls == []  # every output exists: nothing runs again

@@ -71,8 +71,8 @@ class Budget:
         now = self.clock()
         self.spent += now - self._last
         if self.seconds is not None and self._session_steps >= SETTLE_STEPS:  # the plan's step times
-            if cost is None:
-                cost = 1.0 if self.probing() else float(self._costs(step - 1, step, self.total_steps)[0])
+            if cost is None:  # the plan's cost of this step (steps of one cost: 1)
+                cost = float(self._costs(step - 1, step, self.total_steps)[0])
             level = self._levels.setdefault(round(cost, 3), [0, 0])
             level[0] += now - self._last
             level[1] += 1

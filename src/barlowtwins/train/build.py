@@ -27,6 +27,7 @@ from barlowtwins.optim import build_optimizer
 from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, select_device
 from barlowtwins.train.monitor import Monitor, knn_images
 from barlowtwins.train.preflight import check_batch_size, check_evaluation_data
+from barlowtwins.train.resolution import resize_views
 from barlowtwins.train.run_dir import RunDir, holds_checkpoint
 from barlowtwins.views.batches import view_batches
 
@@ -173,11 +174,14 @@ def choose_precision(
     config: PretrainConfig, setup: Setup, views: list[torch.Tensor], main: bool, resumed: str | None
 ) -> torch.dtype | None:
     """The autocast dtype; ``auto`` on a CPU measures fp32 against bf16 on a copy of the model (same on all ranks),
-    except when resuming: a run keeps the precision it started with (``resumed``), so it resumes bit for bit."""
+    except when resuming: a run keeps the precision it started with (``resumed``), so it resumes bit for bit.
+    The measured views are at ``augment.image_size`` (the side of the run's last steps, whatever side the first
+    batch was made at under low resolution first)."""
     if config.train.precision != "auto" or setup.device.type != "cpu":
         return autocast_dtype(config.train.precision, setup.device)
     if resumed is not None:
         return autocast_dtype(resumed, setup.device)
+    views = resize_views(views, config.augment.image_size)  # a no-op for views made at full size
     probe = copy.deepcopy(setup.method).eval()  # eval: no batch-norm statistics change, no collectives
     n = max(8, len(views[0]) // 4)  # a quarter batch: the ratio is what counts (small views: n per small view)
     views = [view[: n * (len(view) // len(views[0]))] for view in views]

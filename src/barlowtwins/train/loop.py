@@ -85,7 +85,7 @@ def pretrain(config: PretrainConfig, backbone: Backbone | nn.Module | None = Non
     budget = _budget(config, setup, progress)
     batches = training_batches(config, setup, step, _planned_side(config, budget, lambda: step))  # step read then
     views, labels = _next_views(batches, setup)
-    dtype = choose_precision(config, setup, _full_size(views, config), run.main, progress["precision"])
+    dtype = choose_precision(config, setup, views, run.main, progress["precision"])
     run.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # as --precision says it
     configured_warmup = round(optim.warmup_epochs * setup.steps_per_epoch)  # capped under a budget, as it plans
     _announce(config, setup, run, dtype, budget, time.perf_counter() - setup_started)
@@ -136,12 +136,6 @@ def _planned_side(config: PretrainConfig, budget: Budget, step: Callable[[], int
     if not config.train.progressive_start:
         return None
     return lambda: _side(step(), budget, config)
-
-
-def _full_size(views: list[torch.Tensor], config: PretrainConfig) -> list[torch.Tensor]:
-    """Views A and B at ``augment.image_size`` (the precision probe measures the steps at full size, the
-    resolution of the run's last steps, whatever side the first batch was made at)."""
-    return resize_views(views, config.augment.image_size)
 
 
 def _sides(config: PretrainConfig) -> tuple[int, int, tuple[float, float]]:
