@@ -4,9 +4,10 @@ resolution by kNN (k=20 and 200, T=0.1, the train photos as the bank) and the li
 architecture at random init (the floor).
 
     python benchmarks/photos.py --list
-    python benchmarks/photos.py --rows "size 128" --minutes 20 --lightly --precision bf16 --out ../runs/photos/vs
-    python benchmarks/photos.py --rows "size 64" --minutes 5 20 --seeds 0 1 --precision bf16 --out ../runs/photos/curve
-    python benchmarks/photos.py --rows "size 64" --minutes 0.3 --limit 500 200 --lightly --out /tmp/photos-check
+    python benchmarks/photos.py --rows photos-cpu "cifar10-cpu 64px" --minutes 20 --seeds 0 1 --out ../runs/photos/vs
+    python benchmarks/photos.py --rows photos-cpu --minutes 20 --lightly --match photos-cpu --out ../runs/photos/vs
+    python benchmarks/photos.py --rows photos-cpu --minutes 5 20 60 --out ../runs/photos/curve
+    python benchmarks/photos.py --rows photos-cpu --minutes 0.3 --limit 500 200 --lightly --out /tmp/photos-check
 
 Rows: each ``ours`` row is ``barlowtwins pretrain <flags> --time-budget Nm`` (its end-of-run kNN, eval/knn.json,
 is written by pretrain), then ``barlowtwins linear --mode fast``. ``--lightly`` adds the LIGHTLY rows
