@@ -12,9 +12,14 @@ WebDataset shards. Compared in the same run:
   cache, ``--precision auto``), with the fixed cost of a run (process start to the first step, last step to exit);
 * how long ``barlowtwins --help`` takes.
 
+``--sides`` instead times only the model step of a recipe (default ``photos-cpu``, its batch) at each view side,
+fp32 and bf16, on ready tensors: how a step's cost grows with its pixels on this CPU, which decides what a
+minute of 128 px costs against one of 64 px (no data needed).
+
     python benchmarks/throughput.py --shards '../shared/data/cifar10/cifar10-train-{000000..000009}.tar'
     python benchmarks/throughput.py --shards ... --seconds 40 --skip-end-to-end     # quicker
     python benchmarks/throughput.py --shards ... --skip-end-to-end --compile        # + bf16 under torch.compile
+    python benchmarks/throughput.py --sides 64 96 128 --model-steps 3               # photos-cpu's step per side
 
 Run it on an otherwise idle machine: every figure shares the same cores.
 """
@@ -75,11 +80,12 @@ def data_alone(config, steps: int) -> dict[str, float]:
     return {"pil": _rate(pil, steps), "batched": batched_rate, "decode_seconds": decode_seconds}
 
 
-def model_alone(config, steps: int, compiled: bool = False, only: str = "") -> dict[str, float]:
-    """pairs/s of forward + backward + LARS step on ready tensors, fp32 and bf16 autocast (and bf16 under
-    ``torch.compile`` when ``compiled``, with its compile time: the first step's); ``only``: that one."""
-    rates = {}
-    views = [torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+def model_alone(config, steps: int, compiled: bool = False, only: str = "", side: int = 32) -> dict[str, float]:
+    """pairs/s of forward + backward + LARS step on ready tensors of ``side`` px at the config's batch, fp32 and
+    bf16 autocast (and bf16 under ``torch.compile`` when ``compiled``, with its compile time: the first step's);
+    ``only``: that one."""
+    rates, batch = {}, config.train.batch_size
+    views = [torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     variants = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
     variants += [("bf16 compiled", torch.bfloat16, True)] if compiled else []
     for name, dtype, compile_it in [v for v in variants if v[0] == only] if only else variants:
@@ -93,8 +99,25 @@ def model_alone(config, steps: int, compiled: bool = False, only: str = "") -> d
         start = time.perf_counter()
         for _ in range(steps):
             train_step(trainer, optimizer, scaler, views, dtype)
-        rates[name] = steps * BATCH / (time.perf_counter() - start)
+        rates[name] = steps * batch / (time.perf_counter() - start)
     return rates
+
+
+def per_side(recipe: str, sides: list[int], steps: int) -> None:
+    """The model step of ``recipe`` at each side, fp32 and bf16: seconds per step and the ratio to the first side."""
+    config = make_config(recipe, [override("data.train", ["unused"])])
+    batch = config.train.batch_size
+    print(f"{recipe}: {config.model.arch}, batch {batch}, projector {config.model.projector}; model step alone")
+    first: dict[str, float] = {}
+    for side in sides:
+        rates = model_alone(config, steps, side=side)
+        for name in ("bf16", "fp32"):
+            seconds = batch / rates[name]
+            first.setdefault(name, seconds)
+            print(
+                f"    {side:4d} px {name}: {seconds:5.2f} s/step, {rates[name]:5.0f} pairs/s, "
+                f"{seconds / first[name]:.2f}x the {sides[0]} px step"
+            )
 
 
 END_TO_END = {
@@ -142,13 +165,21 @@ def help_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True, help="CIFAR-10 training shards (brace pattern)")
+    parser.add_argument("--shards", help="CIFAR-10 training shards (brace pattern); not needed with --sides")
+    parser.add_argument("--sides", type=int, nargs="+", help="only the model step of --recipe at these view sides")
+    parser.add_argument("--recipe", default="photos-cpu", help="the recipe whose model --sides times")
     parser.add_argument("--steps", type=int, default=20, help="batches timed for data-alone and model-alone")
     parser.add_argument("--model-steps", type=int, default=10, help="steps timed for the model alone, per precision")
     parser.add_argument("--seconds", type=int, default=90, help="training budget of each end-to-end run")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the bf16 model step under torch.compile")
     args = parser.parse_args()
+    if args.sides:
+        print(f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}")
+        per_side(args.recipe, args.sides, args.model_steps)
+        return
+    if not args.shards:
+        parser.error("--shards is required (the CIFAR-10 training shards), unless --sides times only the model step")
     print(
         f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; batch {BATCH}, ResNet-18 ImageNet stem, 32 px, projector 2048^3"
