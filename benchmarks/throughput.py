@@ -174,16 +174,17 @@ def main() -> None:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the bf16 model step under torch.compile")
     args = parser.parse_args()
+    machine = (
+        f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     if args.sides:
-        print(f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}")
+        print(machine)
         per_side(args.recipe, args.sides, args.model_steps)
         return
     if not args.shards:
         parser.error("--shards is required (the CIFAR-10 training shards), unless --sides times only the model step")
-    print(
-        f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; batch {BATCH}, ResNet-18 ImageNet stem, 32 px, projector 2048^3"
-    )
+    print(f"{machine}; batch {BATCH}, ResNet-18 ImageNet stem, 32 px, projector 2048^3")
     print(f"barlowtwins --help: {help_seconds():.2f} s")
     config = _config(args.shards)
     data = data_alone(config, args.steps)
