@@ -164,25 +164,28 @@ def test_a_study_refuses_a_run_made_with_other_settings(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tiny_table6_study_writes_the_report_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+def test_tiny_study_writes_the_report_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    """The projector-width study at two widths, end to end: each run's pretrain, knn and linear subprocesses, the
+    floor, the report with each row against the one before it; re-run, it skips both. (Two runs: the runner
+    treats every study's rows alike, and each study's variants are checked to make valid configs above.)"""
     monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = tmp_path / "t6"
-    args = ["ablate", "table6", "--data", "digits", "--eval-data", "digits:test", "--recipe", "demo"]
-    args += ["--seeds", "1", "--time-budget", "", "--limit", "64", "--eval-limit", "40", "--workers", "0"]
-    args += ["--linear-epochs", "3", "--out", str(out)]
+    out = tmp_path / "pw"
+    args = ["ablate", "projector-width", "--widths", "8", "16", "--data", "digits", "--eval-data", "digits:test"]
+    args += ["--recipe", "demo", "--seeds", "1", "--time-budget", "", "--limit", "64", "--eval-limit", "40"]
+    args += ["--workers", "0", "--linear-epochs", "3", "--out", str(out)]
     for override in ("train.epochs=1", "train.batch_size=32", "model.projector=16-16", "train.precision=fp32"):
         args += ["--set", override]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert [r["variant"] for r in report["rows"]] == [
-        "baseline",
-        "stop_gradient",
-        "predictor",
-        "predictor_stop_gradient",
-    ]
+    assert [r["variant"] for r in report["rows"]] == ["width-8", "width-16"]
     assert all(r["ours"]["linear"]["mean"] is not None and r["ours"]["knn"]["mean"] is not None for r in report["rows"])
     assert report["random_init_floor"]["linear"] is not None
-    assert (out / "report.md").read_text().count("| predictor") == 2 and (out / "report.png").is_file()
+    for width in (8, 16):  # the hidden layers keep the base's width (--set model.projector=16-16)
+        saved = yaml.safe_load((out / f"width-{width}" / "seed0" / "config.yaml").read_text())
+        assert saved["model"]["projector"] == f"16-16-{width}" and saved["loss"]["formulation"] == "gram"
+    text = (out / "report.md").read_text()
+    assert "| width-8 | keeps improving with the output width | within noise:" in text  # width-16's reference
+    assert "no claim: reference row" in text and (out / "report.png").is_file()
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().out.count("finished, skipped") == 4
+    assert capsys.readouterr().out.count("finished, skipped") == 2

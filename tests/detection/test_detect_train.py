@@ -66,9 +66,9 @@ def test_mask_rcnn_c4_trains_on_generated_coco_and_reports_mask_ap(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("variant", ["fpn", "c4"])
-def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp_path, variant):
+def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp_path, variant, capsys):
     """Two gloo processes share each global batch (batch norm synchronised over them, C.2's SyncBatchNorm):
-    one metrics line per step, one report; the checkpoint then resumes on one process."""
+    one metrics line per step, one report; the checkpoint then resumes on one process (this one)."""
     import os
     import subprocess
     import sys
@@ -78,19 +78,18 @@ def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp
     voc = make_voc(tmp_path / "voc", train=8, test=2)
     out = tmp_path / "run"
     tiny = {**TINY, "batch_size": 4, "steps": 3, "milestones": [2], "lr": 0.01, "variant": variant}
+    sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in tiny.items()), [])
+    args = ["detect", "--data", str(voc), "--checkpoint", "random", "--recipe", "detect-cpu", "--out", str(out), *sets]
 
-    def run(nproc: int) -> subprocess.CompletedProcess:
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-        sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in tiny.items()), [])
-        command = [sys.executable, *launcher, "-m", "barlowtwins", "detect", "--data", str(voc), "--checkpoint"]
-        command += ["random", "--recipe", "detect-cpu", "--out", str(out), *sets]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result
-
-    first = run(2)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    first = subprocess.run(
+        [*launcher, "-m", "barlowtwins", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stdout.count("box AP / AP50 / AP75") == 1  # only the main process evaluates and reports
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3]  # one line per step (and the final scores), from the main process only
@@ -98,8 +97,10 @@ def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp
     assert report["processes"] == 2 and report["steps"] == 3
     state = torch.load(out / "detector.pt", weights_only=False)
     assert not any(key.startswith("module.") for key in state["model"])  # the bare detector, not the DDP wrapper
-    second = run(1)  # the same command on one process: resumes from the finished checkpoint, trains no step
-    assert "from step 3" in second.stdout and json.loads((out / "eval" / "detection.json").read_text())["steps"] == 3
+    capsys.readouterr()
+    assert main(args) == 0  # the same command on one process: resumes from the finished checkpoint, trains no step
+    assert "from step 3" in capsys.readouterr().out
+    assert json.loads((out / "eval" / "detection.json").read_text())["steps"] == 3
 
 
 def test_a_diverging_fine_tune_names_the_detection_lr_and_keeps_no_checkpoint(tmp_path, capsys):

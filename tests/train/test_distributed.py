@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
 from barlowtwins import distributed
+from barlowtwins.cli import main
 from barlowtwins.config import LossConfig, ModelConfig
 from barlowtwins.data import open_source, training_batches
 from barlowtwins.losses import barlow_twins as bt_loss
@@ -290,15 +291,18 @@ def test_each_process_reads_its_own_shards(two_process_results):
     assert len(shards_of[0]) == len(shards_of[1]) == SHARDS // WORLD  # whole shards per process
 
 
-def _pretrain(nproc: int, out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=nproc -m barlowtwins pretrain ...`` (plain ``python -m`` for one process)."""
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
-    command = [
-        sys.executable, *launcher,
-        "-m", "barlowtwins", "pretrain", "--recipe", "demo", "--data", "digits", "--eval-data", "digits:test",
+def _pretrain_args(out: Path, epochs: int, *extra: str) -> list[str]:
+    return [
+        "pretrain", "--recipe", "demo", "--data", "digits", "--eval-data", "digits:test",
         "--limit", "256", "--eval-limit", "64", "--batch-size", "64", "--projector", "64-64-128",
         "--epochs", str(epochs), "--out", str(out), "--set", "data.workers=0", "--set", "train.log_every=1", *extra,
     ]  # fmt: skip
+
+
+def _torchrun_pretrain(out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=WORLD -m barlowtwins pretrain ...``, one thread per process."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    command = [sys.executable, *launcher, "-m", "barlowtwins", *_pretrain_args(out, epochs, *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -310,9 +314,9 @@ def _logged_steps(out: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path):
+def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    first = _pretrain(WORLD, out, epochs=1)  # 256 samples / batch 64: 4 steps per epoch
+    first = _torchrun_pretrain(out, epochs=1)  # 256 samples / batch 64: 4 steps per epoch
     assert first.stdout.count("pretraining barlow_twins: resnet18") == 1  # only rank 0 prints
     assert "over 2 process(es)" in first.stdout
     assert _logged_steps(out) == [1, 2, 3, 4]  # one line per step: only rank 0 writes metrics
@@ -322,13 +326,15 @@ def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path):
     assert state["step"] == 4 and state["epoch"] == 1
     assert not any(key.startswith("module.") for key in state["model"])  # the bare model, not the DDP wrapper
 
-    second = _pretrain(WORLD, out, epochs=2)
+    second = _torchrun_pretrain(out, epochs=2)
     assert second.stdout.count("resuming") == 1 and "from epoch 1, step 4" in second.stdout
     assert _logged_steps(out) == list(range(1, 9))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 8
 
-    third = _pretrain(1, out, epochs=3)  # a different number of processes
-    assert "from epoch 2, step 8" in third.stdout and "over 1 process(es)" in third.stdout
+    capsys.readouterr()
+    assert main(_pretrain_args(out, epochs=3)) == 0  # a different number of processes: this one alone
+    third = capsys.readouterr().out
+    assert "from epoch 2, step 8" in third and "over 1 process(es)" in third
     assert _logged_steps(out) == list(range(1, 13))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 12
 
@@ -338,7 +344,7 @@ def test_torchrun_with_a_time_budget_stops_every_process_at_the_same_step(tmp_pa
     """Each process measures its own step time; they re-plan at the same steps and take rank 0's plan, so
     all stop together (a process that stopped alone would leave the others waiting in an all-reduce)."""
     out = tmp_path / "run"
-    _pretrain(WORLD, out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0")
+    _torchrun_pretrain(out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0")
     timing = json.loads((out / "timing.json").read_text())
     steps = _logged_steps(out)
     assert 6 < timing["steps"] < 4000 and steps[-1] == timing["steps"] == steps.index(steps[-1]) + 1
