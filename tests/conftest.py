@@ -1,8 +1,12 @@
-"""Shared test fixtures: the data in ../shared (CIFAR-10, raccoon, Imagenette), required under CI, skipped elsewhere."""
+"""Shared test fixtures: the data in ../shared (CIFAR-10, raccoon, Imagenette), required under CI, skipped elsewhere;
+``torchrun``, a command of ours launched on two gloo processes."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,20 @@ def raccoon_dir() -> Path:
 def imagenette_dir() -> Path:
     """Imagenette (../shared/data/imagenette): 9,469 / 3,925 real ImageNet photos of 10 classes, 224 px JPEGs."""
     return _shared(IMAGENETTE_DIR / "val", "the Imagenette photos")
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., subprocess.CompletedProcess]:
+    """``run(args, timeout)``: ``torchrun --standalone --nproc_per_node=2 -m barlowtwins ARGS``, one thread per
+    process (two processes on two cores), asserting that it exits 0 (else its output's tail is the message)."""
+
+    def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(
+            [*launcher, "-m", "barlowtwins", *args], capture_output=True, text=True, timeout=timeout, env=env
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    return run

@@ -66,13 +66,9 @@ def test_mask_rcnn_c4_trains_on_generated_coco_and_reports_mask_ap(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("variant", ["fpn", "c4"])
-def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp_path, variant, capsys):
+def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp_path, variant, capsys, torchrun):
     """Two gloo processes share each global batch (batch norm synchronised over them, C.2's SyncBatchNorm):
     one metrics line per step, one report; the checkpoint then resumes on one process (this one)."""
-    import os
-    import subprocess
-    import sys
-
     import torch
 
     voc = make_voc(tmp_path / "voc", train=8, test=2)
@@ -81,15 +77,7 @@ def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp
     sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in tiny.items()), [])
     args = ["detect", "--data", str(voc), "--checkpoint", "random", "--recipe", "detect-cpu", "--out", str(out), *sets]
 
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    first = subprocess.run(
-        [*launcher, "-m", "barlowtwins", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first = torchrun(args, timeout=600)
     assert first.stdout.count("box AP / AP50 / AP75") == 1  # only the main process evaluates and reports
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3]  # one line per step (and the final scores), from the main process only

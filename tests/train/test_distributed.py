@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -299,24 +296,14 @@ def _pretrain_args(out: Path, epochs: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _torchrun_pretrain(out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=WORLD -m barlowtwins pretrain ...``, one thread per process."""
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
-    command = [sys.executable, *launcher, "-m", "barlowtwins", *_pretrain_args(out, epochs, *extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def _logged_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
-def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys):
+def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys, torchrun):
     out = tmp_path / "run"
-    first = _torchrun_pretrain(out, epochs=1)  # 256 samples / batch 64: 4 steps per epoch
+    first = torchrun(_pretrain_args(out, epochs=1))  # 256 samples / batch 64: 4 steps per epoch
     assert first.stdout.count("pretraining barlow_twins: resnet18") == 1  # only rank 0 prints
     assert "over 2 process(es)" in first.stdout
     assert _logged_steps(out) == [1, 2, 3, 4]  # one line per step: only rank 0 writes metrics
@@ -326,7 +313,7 @@ def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys):
     assert state["step"] == 4 and state["epoch"] == 1
     assert not any(key.startswith("module.") for key in state["model"])  # the bare model, not the DDP wrapper
 
-    second = _torchrun_pretrain(out, epochs=2)
+    second = torchrun(_pretrain_args(out, epochs=2))
     assert second.stdout.count("resuming") == 1 and "from epoch 1, step 4" in second.stdout
     assert _logged_steps(out) == list(range(1, 9))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 8
@@ -340,11 +327,11 @@ def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchrun_with_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
+def test_torchrun_with_a_time_budget_stops_every_process_at_the_same_step(tmp_path, torchrun):
     """Each process measures its own step time; they re-plan at the same steps and take rank 0's plan, so
     all stop together (a process that stopped alone would leave the others waiting in an all-reduce)."""
     out = tmp_path / "run"
-    _torchrun_pretrain(out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0")
+    torchrun(_pretrain_args(out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0"))
     timing = json.loads((out / "timing.json").read_text())
     steps = _logged_steps(out)
     assert 6 < timing["steps"] < 4000 and steps[-1] == timing["steps"] == steps.index(steps[-1]) + 1
