@@ -33,7 +33,6 @@ import io
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from barlowtwins.runtime import usable_cpus
+from barlowtwins.runtime import cpu_description, usable_cpus
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon" / "JPEGImages"
 # ImageNet's most common sizes (width, height) and roughly how often they occur among its training images
@@ -119,13 +118,8 @@ def imagenet_like_jpegs(directory: str | Path, count: int, seed: int = 0, proces
 
 
 def machine() -> str:
-    """The CPU's model name (as ``lscpu`` shows it) and the core count."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
+    """The CPU's model name, the vector instructions torch uses on it, and the core count."""
+    return f"{cpu_description()}, {os.cpu_count()} cores"
 
 
 def _pil(data: bytes, scale: int = 1) -> Image.Image:

@@ -181,9 +181,9 @@ def copy_lean(out: Path, dest: Path, patterns: tuple[str, ...] = LEAN) -> None:
 
 
 def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line), "?")
     import torch
+
+    from barlowtwins.runtime import cpu_description
 
     try:
         from importlib.metadata import version
@@ -193,7 +193,7 @@ def machine() -> str:
         lightly = ""
     cores = f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable)"
     date = datetime.date.today().isoformat()
-    return f"{model}, {cores}, {platform.system()}; torch {torch.__version__}{lightly}; {date}"
+    return f"{cpu_description()}, {cores}, {platform.system()}; torch {torch.__version__}{lightly}; {date}"
 
 
 def write_report(rows: list[dict], out: Path, data: str, linear_mode: str) -> None:

@@ -125,7 +125,7 @@ def test_several_processes_plan_together_at_the_same_steps():
     asked = []
 
     def main_process_plan(planned: int) -> int:  # stands in for distributed.broadcast_object
-        asked.append(planned)
+        asked.append((len(totals) + 1 - 2, planned))  # (settled steps: 2 settle first, this process's plan)
         return 250
 
     budget = Budget(seconds=30.0, max_steps=10_000, agree=main_process_plan, clock=clock)
@@ -136,9 +136,11 @@ def test_several_processes_plan_together_at_the_same_steps():
         totals.append(budget.step_done(step))
         if step == totals[-1]:
             break
-    # asked only where every process re-plans: after 5, 20, 50, 100 and 200 settled steps (2 settle first)
-    assert len(asked) == 5 and totals[5] == 10_000 and totals[6] == 250 and step == 250
-    assert asked[0] == pytest.approx(300, abs=1)  # this process's own plan, overruled by the main process's
+    # asked only where every process re-plans, known from the agreed plan: after 5 settled steps, then every
+    # 10 (the agreed 250 // 25)
+    assert [n for n, _ in asked] == [5, *range(10, 241, 10)]
+    assert totals[5] == 10_000 and totals[6] == 250 and step == 250
+    assert asked[0][1] == pytest.approx(300, abs=1)  # this process's own plan, overruled by the main process's
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("20m", 1200.0), ("90s", 90.0), ("1.5h", 5400.0), ("45", 45.0)])
@@ -197,6 +199,9 @@ def test_time_budget_ends_the_schedule_with_a_checkpoint(tmp_path, monkeypatch):
     timing = json.loads((out / "timing.json").read_text())
     assert state["step"] == records[-1]["step"] == timing["steps"] == 24  # 6 s / 0.25 s, of 4,000 steps
     assert state["train_seconds"] == 6.0 and timing["time_budget"] == "6s"  # ends at the planned step
+    assert timing["precision"] == "fp32"  # what the minutes bought depends on it (auto chooses per machine)
+    cpu = json.loads((out / "meta.json").read_text())["cpu"]
+    assert cpu.endswith(f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     peak = 0.2 * 32 / 256  # demo recipe's lr_weights, scaled by batch / 256
     assert records[-1]["lr_weights"] < 0.2 * peak  # the cosine was fitted to the steps that fit: it has decayed
     assert max(r["lr_weights"] for r in records) > 0.9 * peak  # after a warm-up that fitted too

@@ -261,7 +261,8 @@ def _finish(config: PretrainConfig, setup: Setup, run: RunDir, budget: Budget) -
         "monitor_minutes": budget.paused_seconds / 60,  # this session's kNN and pictures while training
         "eval_minutes": (time.perf_counter() - started) / 60,
     }
-    run.write_json("timing.json", {**minutes, "steps": budget.total_steps, "time_budget": config.train.time_budget})
+    totals = {"steps": budget.total_steps, "time_budget": config.train.time_budget, "precision": run.precision}
+    run.write_json("timing.json", {**minutes, **totals})
     logger.info(
         "trained %.1f min (monitor %.1f min apart), evaluated %.1f min",
         minutes["train_minutes"],
