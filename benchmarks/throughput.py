@@ -20,6 +20,7 @@ minute of 128 px costs against one of 64 px (no data needed).
     python benchmarks/throughput.py --shards ... --seconds 40 --skip-end-to-end     # quicker
     python benchmarks/throughput.py --shards ... --skip-end-to-end --compile        # + bf16 under torch.compile
     python benchmarks/throughput.py --sides 64 96 128 --model-steps 3               # photos-cpu's step per side
+    python benchmarks/throughput.py --sides 64 96 128 --model-steps 3 --precisions fp32   # an AVX2-only CPU
 
 Run it on an otherwise idle machine: every figure shares the same cores.
 """
@@ -103,15 +104,18 @@ def model_alone(config, steps: int, compiled: bool = False, only: str = "", side
     return rates
 
 
-def per_side(recipe: str, sides: list[int], steps: int) -> None:
-    """The model step of ``recipe`` at each side, fp32 and bf16: seconds per step and the ratio to the first side."""
+def per_side(recipe: str, sides: list[int], steps: int, precisions: list[str]) -> None:
+    """The model step of ``recipe`` at each side in each of ``precisions`` (fp32, bf16): seconds per step and the
+    ratio to the first side."""
     config = make_config(recipe, [override("data.train", ["unused"])])
     batch = config.train.batch_size
     print(f"{recipe}: {config.model.arch}, batch {batch}, projector {config.model.projector}; model step alone")
     first: dict[str, float] = {}
     for side in sides:
-        rates = model_alone(config, steps, side=side)
-        for name in ("bf16", "fp32"):
+        rates = {}
+        for name in precisions:
+            rates.update(model_alone(config, steps, only=name, side=side))
+        for name in precisions:
             seconds = batch / rates[name]
             first.setdefault(name, seconds)
             print(
@@ -173,6 +177,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=90, help="training budget of each end-to-end run")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the bf16 model step under torch.compile")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["bf16", "fp32"],
+        default=["bf16", "fp32"],
+        help="--sides: the precisions to time (fp32 alone on CPUs without AVX-512, where bf16 is emulated, 10x slower)",
+    )
     args = parser.parse_args()
     machine = (
         f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
@@ -180,7 +191,7 @@ def main() -> None:
     )
     if args.sides:
         print(machine)
-        per_side(args.recipe, args.sides, args.model_steps)
+        per_side(args.recipe, args.sides, args.model_steps, args.precisions)
         return
     if not args.shards:
         parser.error("--shards is required (the CIFAR-10 training shards), unless --sides times only the model step")
