@@ -117,7 +117,9 @@ def test_time_inside_paused_is_neither_training_time_nor_step_time():
                 clock.now += 5.0  # a monitor kNN pass: as long as 50 steps
         total = budget.step_done(step)
     assert budget.spent == pytest.approx(3.9) and budget.paused_seconds == pytest.approx(15.0)
-    assert total == 300  # 30 s / 0.1 s a step: the passes neither spent the budget nor slowed the estimate
+    # 30 s / 0.1 s a step (give or take the floor of a sum of 0.1 s): the passes neither spent the budget nor
+    # slowed the estimate (counted as step time, the passes would cut the plan to a fraction of it)
+    assert total == pytest.approx(300, abs=1)
 
 
 def test_several_processes_plan_together_at_the_same_steps():
