@@ -42,6 +42,7 @@ import torch
 from barlowtwins.data import open_source, resolve_workers, training_batches
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.recipes import make_config, override
+from barlowtwins.runtime import cpu_description
 from barlowtwins.train.build import build_method, run_optimizer
 from barlowtwins.train.loop import train_step
 from barlowtwins.views.batched import batched_two_views
@@ -186,7 +187,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     machine = (
-        f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "
+        f"{platform.machine()}, {cpu_description()}, {platform.system()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
     if args.sides:
