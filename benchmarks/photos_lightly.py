@@ -163,7 +163,12 @@ def main() -> None:
     x0, x1 = x0.to(memory_format=memory_format), x1.to(memory_format=memory_format)
     if args.precision == "auto":  # pretrain's probe: a quarter batch through a copy in eval mode
         probe, n = copy.deepcopy(model).eval(), max(8, len(x0) // 4)
-        dtype, seconds = fastest_dtype(lambda d: loss_of(x0[:n], x1[:n], d, probe).backward())
+
+        def probe_step(d: torch.dtype | None, few: bool) -> None:  # the scout: an eighth of the quarter batch
+            k = max(2, n // 8) if few else n
+            loss_of(x0[:k], x1[:k], d, probe).backward()
+
+        dtype, seconds = fastest_dtype(probe_step)
         print(f"precision auto: {seconds}; using {precision_name(dtype)}", flush=True)
     else:
         dtype = torch.bfloat16 if args.precision == "bf16" else None

@@ -54,27 +54,40 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def fastest_dtype(step: Callable[[torch.dtype | None], object]) -> tuple[torch.dtype | None, dict]:
-    """fp32 or bf16 autocast, whichever runs ``step(dtype)`` faster here (bf16 must win by 10%).
+SCOUT_SLOWER = 5  # bf16 this many times fp32's time on the scout's few samples: slower, not run on all
+
+
+def fastest_dtype(step: Callable[[torch.dtype | None, bool], object]) -> tuple[torch.dtype | None, dict]:
+    """fp32 or bf16 autocast, whichever runs ``step(dtype, False)`` faster here (bf16 must win by 10%).
 
     On CPUs the answer depends on the processor and the model (bf16 autocast ran ResNet-18 at 32 px about
     1.4x faster on one EPYC and 5x slower on another without native bf16), so it is measured, not guessed.
-    Each precision gets a warm-up call (first-call allocation, kernel choice) and a timed call; a bf16 warm-up
-    that already takes over three fp32 steps is not timed again.
+    fp32 gets a warm-up call (first-call allocation, kernel choice) and a timed call. Then both precisions run
+    once on a few samples (``step(dtype, True)``, the scout): bf16 five times slower there is slower (emulated
+    bf16 on a CPU without its instructions ran 10-20x slower per sample, and its warm-up on all samples cost
+    20-40 s of each run). Otherwise bf16 gets its warm-up and timed calls too; a warm-up that already takes over
+    three fp32 steps is not timed again.
     """
-    seconds = {}
-    for dtype in (None, torch.bfloat16):
-        start = time.perf_counter()
-        step(dtype)
-        warm_up = time.perf_counter() - start
-        if dtype is not None and warm_up > 3 * seconds["fp32"]:
-            seconds[precision_name(dtype)] = warm_up  # clearly slower: its warm-up bounds it from above
-            break
-        start = time.perf_counter()
-        step(dtype)
-        seconds[precision_name(dtype)] = time.perf_counter() - start
+    seconds = {"fp32": _timed(step, None, warm_up=True)}
+    scout = {f"{precision_name(dtype)} scout": _timed(step, dtype, scout=True) for dtype in (None, torch.bfloat16)}
+    if scout["bfloat16 scout"] > SCOUT_SLOWER * scout["fp32 scout"]:
+        return None, seconds | scout
+    start = time.perf_counter()
+    step(torch.bfloat16, False)
+    warm_up = time.perf_counter() - start
+    # clearly slower: its warm-up bounds it from above
+    seconds["bfloat16"] = warm_up if warm_up > 3 * seconds["fp32"] else _timed(step, torch.bfloat16)
     faster = seconds["bfloat16"] < 0.9 * seconds["fp32"]
     return (torch.bfloat16 if faster else None), seconds
+
+
+def _timed(step: Callable[[torch.dtype | None, bool], object], dtype, scout=False, warm_up=False) -> float:
+    """Seconds of one ``step(dtype, scout)``, after an untimed one if ``warm_up``."""
+    if warm_up:
+        step(dtype, scout)
+    start = time.perf_counter()
+    step(dtype, scout)
+    return time.perf_counter() - start
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

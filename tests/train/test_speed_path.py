@@ -17,7 +17,7 @@ from barlowtwins.data import open_source, sample_index
 from barlowtwins.data.cache import stored_image
 from barlowtwins.data.loaders import cached_training_batches, decoded
 from barlowtwins.errors import BarlowTwinsError
-from barlowtwins.runtime import fastest_dtype
+from barlowtwins.runtime import fastest_dtype, precision_name
 from barlowtwins.train import loop
 from barlowtwins.train.budget import Budget
 from barlowtwins.validation import parse_duration
@@ -161,17 +161,24 @@ def test_fastest_dtype_takes_bf16_only_when_it_is_clearly_faster(monkeypatch):
 
     clock = _Clock()
     monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    calls = []
 
-    def step(cost):
-        def run(dtype):
-            clock.now += cost[dtype is not None]
+    def step(cost):  # cost per call on all samples; the scout's few cost an eighth
+        def run(dtype, few):
+            calls.append((precision_name(dtype), few))
+            clock.now += cost[dtype is not None] / (8 if few else 1)
 
         return run
 
     assert fastest_dtype(step({False: 0.05, True: 0.01}))[0] == torch.bfloat16
-    assert fastest_dtype(step({False: 0.01, True: 0.05}))[0] is None
+    assert calls == [("fp32", False)] * 2 + [("fp32", True), ("bfloat16", True)] + [("bfloat16", False)] * 2
+    assert fastest_dtype(step({False: 0.01, True: 0.04}))[0] is None  # 4x: past the scout, slower on all
     dtype, seconds = fastest_dtype(step({False: 0.02, True: 0.0195}))
     assert dtype is None and seconds == pytest.approx({"fp32": 0.02, "bfloat16": 0.0195})  # within 10%: keep fp32
+    calls.clear()  # emulated bf16, 10x slower: decided on the scout's few samples, never run on all
+    dtype, seconds = fastest_dtype(step({False: 0.08, True: 0.8}))
+    assert dtype is None and ("bfloat16", False) not in calls
+    assert seconds == pytest.approx({"fp32": 0.08, "fp32 scout": 0.01, "bfloat16 scout": 0.1})
 
 
 def test_time_budget_ends_the_schedule_with_a_checkpoint(tmp_path, monkeypatch):

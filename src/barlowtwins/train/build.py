@@ -184,11 +184,11 @@ def choose_precision(
     views = resize_views(views, config.augment.image_size)  # a no-op for views made at full size
     probe = copy.deepcopy(setup.method).eval()  # eval: no batch-norm statistics change, no collectives
     n = max(8, len(views[0]) // 4)  # a quarter batch: the ratio is what counts (small views: n per small view)
-    views = [view[: n * (len(view) // len(views[0]))] for view in views]
+    quarter, scout = ([view[: k * (len(view) // len(views[0]))] for view in views] for k in (n, max(2, n // 8)))
 
-    def forward_backward(dtype: torch.dtype | None) -> None:
+    def forward_backward(dtype: torch.dtype | None, few: bool) -> None:
         with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
-            loss = probe(*views)["loss"]
+            loss = probe(*(scout if few else quarter))["loss"]
         loss.backward()
 
     dtype, seconds = fastest_dtype(forward_backward)
