@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ def plot_metrics(
     plt.close(fig)
 
 
+def png_bytes(figure, dpi: int) -> bytes:
+    """The figure drawn once as PNG bytes (for a file and TensorBoard alike), then closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
 def _pyplot():
     import matplotlib
 
@@ -51,7 +60,7 @@ def correlation_figure(block, step: int):
     image = ax.imshow(block, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(f"C[:{len(block)}, :{len(block)}] at step {step}")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.84, bottom=0.06, top=0.93)  # fixed: tight_layout cost 0.4 s a picture
     return fig
 
 
@@ -63,7 +72,7 @@ def spectrum_figure(singular_values, rank: float, step: int):
     ax.set_xlabel("index")
     ax.set_ylabel("singular value")
     ax.set_title(f"spectrum at step {step}: effective rank {rank:.1f} of {len(singular_values)}")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.19, right=0.96, bottom=0.12, top=0.92)
     return fig
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from barlowtwins.checkpoint import load_checkpoint
 from barlowtwins.cli import main
@@ -89,10 +91,11 @@ class _Run:
     """The part of RunDir the monitor uses."""
 
     def __init__(self, path: Path):
-        self.path, self.main, self.figures = path, True, []
+        self.path, self.main, self.figures, self.latest = path, True, [], {}
 
-    def add_figure(self, tag, figure, step):
+    def add_png(self, tag, png, step):
         self.figures.append((tag, step))
+        self.latest[tag] = png
 
 
 def test_monitor_pictures_write_files_and_warn_on_collapse(tmp_path, caplog):
@@ -111,6 +114,7 @@ def test_monitor_pictures_write_files_and_warn_on_collapse(tmp_path, caplog):
     assert names == {f"{n}{s}.png" for n in ("c", "spectrum") for s in ("", "-step000010", "-step000020")}
     assert (tmp_path / "monitor" / "c.png").read_bytes() == (tmp_path / "monitor" / "c-step000020.png").read_bytes()
     assert monitor.run.figures == [(f"monitor/{n}", s) for s in (10, 20) for n in ("c", "spectrum")]
+    assert monitor.run.latest["monitor/spectrum"] == (tmp_path / "monitor" / "spectrum.png").read_bytes()
 
 
 def test_knn_schedule_auto_and_every_n_epochs(tmp_path):
@@ -160,6 +164,14 @@ def test_monitored_run_logs_knn_equal_to_evaluate_and_pictures(tmp_path):
     assert {"probe_acc", "probe_loss", "effective_rank", "c_diag_mean", "alarm"} <= set(row)
     assert {p.name for p in (out / "monitor").iterdir()} >= {"c.png", "spectrum.png", "c-step000003.png"}
     assert set(load_checkpoint(out)["monitor"]["probe"]) == {"linear", "optimizer", "counts"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    (picture,) = events.Images("monitor/c")  # the same picture as the file, decoded and re-encoded
+    assert picture.step == 3
+    with Image.open(io.BytesIO(picture.encoded_image_string)) as shown, Image.open(out / "monitor" / "c.png") as file:
+        assert np.array_equal(np.asarray(shown), np.asarray(file.convert("RGB")))
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from barlowtwins.data.loaders import decoded
 from barlowtwins.evaluate.features import extract
 from barlowtwins.evaluate.knn import knn_accuracy
 from barlowtwins.losses.barlow_twins import standardize_local
-from barlowtwins.plots import correlation_figure, spectrum_figure
+from barlowtwins.plots import correlation_figure, png_bytes, spectrum_figure
 from barlowtwins.views import CropNormalize, eval_resize
 
 logger = logging.getLogger(__name__)
@@ -317,10 +317,10 @@ class Monitor:
             ("c", correlation_figure(block, step)),
             ("spectrum", spectrum_figure(values.numpy(), rank, step)),
         ):
-            path = folder / f"{name}-step{step:06d}.png"
-            figure.savefig(path, dpi=80)
-            atomic_write_bytes(path.read_bytes(), folder / f"{name}.png")  # the latest, never half-written
-            self.run.add_figure(f"monitor/{name}", figure, step)
+            png = png_bytes(figure, dpi=80)  # drawn once for both files and TensorBoard
+            atomic_write_bytes(png, folder / f"{name}-step{step:06d}.png")
+            atomic_write_bytes(png, folder / f"{name}.png")  # the latest, never half-written
+            self.run.add_png(f"monitor/{name}", png, step)
         constant = constant_fraction(z_a)
         batch, width = z_a.shape
         alarm = collapse_alarm(rank, constant, batch, width, self.alarm_rank_fraction, self.alarm_constant)

@@ -10,6 +10,7 @@ it runs, so a second run on the same directory is refused.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import math
@@ -18,8 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 from torch import nn
 
 from barlowtwins import distributed
@@ -287,10 +290,11 @@ class RunDir:
             )
         return None
 
-    def add_figure(self, tag: str, figure, step: int) -> None:
-        """A matplotlib figure into TensorBoard's images (main process only); closes the figure."""
+    def add_png(self, tag: str, png: bytes, step: int) -> None:
+        """A PNG picture into TensorBoard's images (main process only)."""
         if self.main:
-            self._writer.add_figure(tag, figure, step)
+            with Image.open(io.BytesIO(png)) as picture:
+                self._writer.add_image(tag, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
     def write_json(self, name: str, report: dict[str, Any]) -> None:
         atomic_write_text(json.dumps(report, indent=2) + "\n", self.path / name)
