@@ -74,6 +74,7 @@ def test_torchrun_fine_tunes_on_two_processes_writes_once_and_resumes_on_one(tmp
     voc = make_voc(tmp_path / "voc", train=8, test=2)
     out = tmp_path / "run"
     tiny = {**TINY, "batch_size": 4, "steps": 3, "milestones": [2], "lr": 0.01, "variant": variant}
+    tiny |= {"box_batch_per_image": 8, "pictures": 0}  # C4's box head is ResNet's layer4 on each sampled box
     sets = sum((["--set", f"{k}={json.dumps(v)}"] for k, v in tiny.items()), [])
     args = ["detect", "--data", str(voc), "--checkpoint", "random", "--recipe", "detect-cpu", "--out", str(out), *sets]
 

@@ -202,7 +202,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 def two_process_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
     _write_shards(out_dir)
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    # forked from this process, which has imported everything already: spawn's fresh interpreters took 8 s each
+    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method="fork")
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -293,7 +294,7 @@ def test_each_process_reads_its_own_shards(two_process_results):
 def _pretrain_args(out: Path, epochs: int, *extra: str) -> list[str]:
     return [
         "pretrain", "--recipe", "demo", "--data", "digits", "--eval-data", "digits:test",
-        "--limit", "256", "--eval-limit", "64", "--batch-size", "64", "--projector", "64-64-128",
+        "--limit", "128", "--eval-limit", "64", "--batch-size", "32", "--projector", "64-64-128",
         "--epochs", str(epochs), "--out", str(out), "--set", "data.workers=0", "--set", "train.log_every=1", *extra,
     ]  # fmt: skip
 
@@ -305,7 +306,8 @@ def _logged_steps(out: Path) -> list[int]:
 @pytest.mark.slow
 def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys, torchrun):
     out = tmp_path / "run"
-    first = torchrun(_pretrain_args(out, epochs=1))  # 256 samples / batch 64: 4 steps per epoch
+    fp32 = ("--precision", "fp32")  # the time-budget test below measures precision auto under torchrun
+    first = torchrun(_pretrain_args(out, 1, *fp32))  # 128 samples / batch 32: 4 steps per epoch
     assert first.stdout.count("pretraining barlow_twins: resnet18") == 1  # only rank 0 prints
     assert "over 2 process(es)" in first.stdout
     assert _logged_steps(out) == [1, 2, 3, 4]  # one line per step: only rank 0 writes metrics
@@ -315,13 +317,13 @@ def test_torchrun_pretrain_checkpoints_and_resumes(tmp_path, capsys, torchrun):
     assert state["step"] == 4 and state["epoch"] == 1
     assert not any(key.startswith("module.") for key in state["model"])  # the bare model, not the DDP wrapper
 
-    second = torchrun(_pretrain_args(out, epochs=2))
+    second = torchrun(_pretrain_args(out, 2, *fp32))
     assert second.stdout.count("resuming") == 1 and "from epoch 1, step 4" in second.stdout
     assert _logged_steps(out) == list(range(1, 9))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 8
 
     capsys.readouterr()
-    assert main(_pretrain_args(out, epochs=3)) == 0  # a different number of processes: this one alone
+    assert main(_pretrain_args(out, 3, *fp32)) == 0  # a different number of processes: this one alone
     third = capsys.readouterr().out
     assert "from epoch 2, step 8" in third and "over 1 process(es)" in third
     assert _logged_steps(out) == list(range(1, 13))
@@ -333,7 +335,8 @@ def test_torchrun_with_a_time_budget_stops_every_process_at_the_same_step(tmp_pa
     """Each process measures its own step time; they re-plan at the same steps and take rank 0's plan, so
     all stop together (a process that stopped alone would leave the others waiting in an all-reduce)."""
     out = tmp_path / "run"
-    torchrun(_pretrain_args(out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0"))
+    result = torchrun(_pretrain_args(out, 1000, "--set", "train.time_budget=8s", "--set", "monitor.picture_every=0"))
+    assert result.stdout.count("precision auto: measured") == 1  # measured on each, rank 0's choice taken by all
     timing = json.loads((out / "timing.json").read_text())
     steps = _logged_steps(out)
     assert 6 < timing["steps"] < 4000 and steps[-1] == timing["steps"] == steps.index(steps[-1]) + 1

@@ -3,6 +3,7 @@ sharing a directory, or meeting a full disk keep the last good checkpoint and re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -45,48 +46,120 @@ RUN = [
     "--set",
     "train.log_every=1",
 ]
-# Runs the CLI; the second checkpoint write stalls half-written (prints WRITING) so the test can kill it there.
-STALL_SECOND_SAVE = """
-import sys, time, torch
-real_save, saves = torch.save, []
-def stalling_save(obj, handle):
-    if isinstance(obj, dict) and "optimizer" in obj:
-        saves.append(obj["step"])
-        if len(saves) == 2:
-            handle.write(b"half a checkpoint"); handle.flush()
+# A zygote: imports torch and the package once, then forks a run per line of stdin ({"argv", "log", "kind", "n",
+# "fraction"}), prints the run's pid, and then how it ended. The run writes its output to "log" and, by "kind":
+# "none", runs as the command would (the test signals it); "step", SIGKILLs itself after its n-th step;
+# "mid-write", cuts its n-th checkpoint at `fraction` of its bytes and SIGKILLs itself; "written" / "renaming",
+# SIGKILLs itself before any rename / at the new file's rename; "stall", stalls half-way through its n-th
+# checkpoint write and prints WRITING. Forking a process that has computed nothing is safe, and a run costs no
+# interpreter start-up (7 to 11 s of imports each on a 2-core AVX2 EPYC).
+ZYGOTE = """
+import io, json, os, signal, sys, time, traceback
+import sklearn.datasets, timm, torch, torch.utils.tensorboard
+from barlowtwins import atomic
+from barlowtwins.cli import main
+from barlowtwins.train import loop
+
+def arm(kind, n, fraction):
+    saves, steps, real_save, real_replace, real_step = [], [], torch.save, os.replace, loop.train_step
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    def train_step(*args):
+        terms = real_step(*args)
+        steps.append(1)
+        if kind == "step" and len(steps) == n:
+            die()
+        return terms
+    def save(obj, handle):
+        if not (isinstance(obj, dict) and "optimizer" in obj):
+            return real_save(obj, handle)
+        saves.append(1)
+        if kind == "mid-write" and len(saves) == n:
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            handle.write(buffer.getvalue()[: int(fraction * len(buffer.getvalue()))])
+            handle.flush()
+            die()
+        if kind == "stall" and len(saves) == n:
+            handle.write(b"half a checkpoint")
+            handle.flush()
             print("WRITING", flush=True)
             time.sleep(600)
-    real_save(obj, handle)
-torch.save = stalling_save
-from barlowtwins.cli import main
-sys.exit(main(sys.argv[1:]))
+        real_save(obj, handle)
+    def replace(src, dst):
+        if len(saves) == n and (kind == "written" or (kind == "renaming" and str(src).endswith(".next.tmp"))):
+            die()
+        real_replace(src, dst)
+    loop.train_step, torch.save, atomic.os.replace = train_step, save, replace
+
+for line in sys.stdin:
+    plan = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            log = os.open(plan["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            arm(plan["kind"], plan["n"], plan["fraction"])
+            os._exit(main(plan["argv"]))
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    print(json.dumps(pid), flush=True)
+    _, status = os.waitpid(pid, 0)
+    ended = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    print(json.dumps(ended), flush=True)
 """
 
 
-def _start(out: Path, script: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = ["-c", script] if script else ["-m", "barlowtwins"]
-    return subprocess.Popen(
-        [sys.executable, *command, *RUN, "--out", str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Zygote:
+    """The ZYGOTE process: ``fork`` starts a run and returns its pid, ``ended`` waits for its exit status."""
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        command = [sys.executable, "-c", ZYGOTE]
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def fork(self, argv: list[str], log: Path, kind: str = "none", n: int = 0, fraction: float = 0.0) -> int:
+        plan = {"argv": argv, "log": str(log), "kind": kind, "n": n, "fraction": fraction}
+        self.process.stdin.write(json.dumps(plan) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def ended(self) -> int:
+        """The run's exit status, -N if signal N ended it."""
+        return json.loads(self.process.stdout.readline())
 
 
-def _wait_for_line(process: subprocess.Popen, *markers: str) -> str:
-    """The first line of the run's output holding one of ``markers``."""
-    for line in process.stdout:
-        if any(marker in line for marker in markers):
+@pytest.fixture(scope="module")
+def zygote():
+    process = Zygote()
+    yield process
+    process.process.stdin.close()
+    process.process.wait(timeout=60)
+
+
+def _wait_for_log(log: Path, pid: int, *markers: str) -> str:
+    """The first line of the run's output holding one of ``markers``, once it is there."""
+    while True:
+        line = next(
+            (x for x in (log.read_text() if log.is_file() else "").splitlines() if any(m in x for m in markers)), None
+        )
+        if line is not None:
             return line
-    raise AssertionError(f"the run ended ({process.wait()}) before printing {markers}: {process.stderr.read()}")
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise AssertionError(f"the run ended before printing {markers}: {log.read_text()[-3000:]}") from None
+        time.sleep(0.05)
 
 
-def _wait_for_metrics(process: subprocess.Popen, out: Path) -> None:
+def _wait_for_metrics(out: Path, pid: int, log: Path) -> None:
     """Until the run logged its first step (its signal handlers and lock are in place)."""
     while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
-        assert process.poll() is None, process.stderr.read()
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise AssertionError(f"the run ended before its first step: {log.read_text()[-3000:]}") from None
         time.sleep(0.05)
 
 
@@ -111,24 +184,26 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_killed_at_random_moments_and_mid_checkpoint_resumes_to_identical_weights(reference, tmp_path, capsys):
-    out = tmp_path / "run"
-    process = _start(out, STALL_SECOND_SAVE)
-    _wait_for_line(process, "WRITING")
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+def test_killed_at_random_moments_and_mid_checkpoint_resumes_to_identical_weights(reference, zygote, tmp_path, capsys):
+    out, argv = tmp_path / "run", [*RUN, "--out", str(tmp_path / "run")]
+    pid = zygote.fork(argv, tmp_path / "stalled.log", kind="stall", n=2)  # the second checkpoint write stalls
+    _wait_for_log(tmp_path / "stalled.log", pid, "WRITING")
+    os.kill(pid, signal.SIGKILL)
+    assert zygote.ended() == -signal.SIGKILL
     assert load_checkpoint(out)["step"] == 4  # the first checkpoint survived the killed write of the second
     assert len(list(out.glob(".checkpoint.pt.*.tmp"))) == 1  # the killed write's leftover
 
     moments = random.Random(10).sample([x / 10 for x in range(5, 60)], 2)
-    for seconds in moments:
-        process = _start(out)
-        if "is finished" in _wait_for_line(process, "pretraining", "is finished"):
-            assert process.wait() == 0  # an earlier session ended the run before its kill came
+    for i, seconds in enumerate(moments):
+        log = tmp_path / f"killed{i}.log"
+        pid = zygote.fork(argv, log)
+        if "is finished" in _wait_for_log(log, pid, "pretraining", "is finished"):
+            assert zygote.ended() == 0  # an earlier session ended the run before its kill came
             break
         time.sleep(seconds)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait() in (-signal.SIGKILL, 0)  # 0: it had finished
+        with contextlib.suppress(ProcessLookupError):  # gone: it had finished
+            os.kill(pid, signal.SIGKILL)
+        assert zygote.ended() in (-signal.SIGKILL, 0)
 
     capsys.readouterr()
     assert main([*RUN, "--out", str(out)]) == 0
@@ -144,19 +219,19 @@ def test_killed_at_random_moments_and_mid_checkpoint_resumes_to_identical_weight
 
 
 @pytest.mark.slow
-def test_a_second_run_is_refused_and_a_sigterm_checkpoints_and_resumes(reference, tmp_path, capsys):
-    out = tmp_path / "run"
-    first = _start(out)
-    _wait_for_metrics(first, out)
+def test_a_second_run_is_refused_and_a_sigterm_checkpoints_and_resumes(reference, zygote, tmp_path, capsys):
+    out, log = tmp_path / "run", tmp_path / "first.log"
+    first = zygote.fork([*RUN, "--out", str(out)], log)
+    _wait_for_metrics(out, first, log)
     capsys.readouterr()
     assert main([*RUN, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"barlowtwins: error: {out} is in use by another run (pid {first.pid})" in err
+    assert f"barlowtwins: error: {out} is in use by another run (pid {first})" in err
     assert "Traceback" not in err
 
-    first.send_signal(signal.SIGTERM)
-    assert first.wait() == 143
-    message = first.stderr.read().strip().splitlines()[-1]
+    os.kill(first, signal.SIGTERM)
+    assert zygote.ended() == 143
+    message = log.read_text().strip().splitlines()[-1]
     step = load_checkpoint(out)["step"]
     assert 1 <= step < 8
     assert f"stopped by SIGTERM: checkpointed at step {step} in {out}; run the same command to resume" in message
@@ -169,59 +244,6 @@ def test_a_second_run_is_refused_and_a_sigterm_checkpoints_and_resumes(reference
 # A small model (timm's test_resnet, 3 MB checkpoints) saved after every one of its 24 steps, for many kills.
 SMALL = [*RUN, "--epochs", "6", "--arch", "timm:test_resnet", "--set", "train.checkpoint_every=1"]
 SMALL += ["--set", "monitor.picture_every=0"]
-# A zygote: imports torch and the package once, then forks a run per line of stdin ({"argv", "log", "kind", "n",
-# "fraction"}); the run SIGKILLs itself at that moment, and the zygote prints how it ended. Forking a process that
-# has computed nothing is safe, and a kill costs no interpreter start-up.
-ZYGOTE = """
-import io, json, os, signal, sys, traceback
-import sklearn.datasets, timm, torch, torch.utils.tensorboard
-from barlowtwins import atomic
-from barlowtwins.cli import main
-from barlowtwins.train import loop
-
-def arm(kind, n, fraction):
-    saves, steps, real_save, real_replace, real_step = [], [], torch.save, os.replace, loop.train_step
-    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-    def train_step(*args):  # kind "step": after the n-th step of this session
-        terms = real_step(*args)
-        steps.append(1)
-        if kind == "step" and len(steps) == n:
-            die()
-        return terms
-    def save(obj, handle):  # kind "mid-write": the n-th checkpoint cut at `fraction` of its bytes
-        if not (isinstance(obj, dict) and "optimizer" in obj):
-            return real_save(obj, handle)
-        saves.append(1)
-        if kind == "mid-write" and len(saves) == n:
-            buffer = io.BytesIO()
-            real_save(obj, buffer)
-            handle.write(buffer.getvalue()[: int(fraction * len(buffer.getvalue()))])
-            handle.flush()
-            die()
-        real_save(obj, handle)
-    def replace(src, dst):  # "written": whole and synced, before any rename; "renaming": at the new file's rename
-        if len(saves) == n and (kind == "written" or (kind == "renaming" and str(src).endswith(".next.tmp"))):
-            die()
-        real_replace(src, dst)
-    loop.train_step, torch.save, atomic.os.replace = train_step, save, replace
-
-for line in sys.stdin:
-    plan = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            log = os.open(plan["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            arm(plan["kind"], plan["n"], plan["fraction"])
-            os._exit(main(plan["argv"]))
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    ended = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    print(json.dumps(ended), flush=True)
-"""
 
 
 def _kill_plan(seed: int) -> list[dict]:
@@ -244,24 +266,15 @@ def _resumable_step(latest: Path) -> int:
 
 
 @pytest.mark.slow
-def test_twenty_kills_at_seeded_moments_also_mid_write_resume_bit_for_bit(tmp_path, capsys):
+def test_twenty_kills_at_seeded_moments_also_mid_write_resume_bit_for_bit(zygote, tmp_path, capsys):
     reference = tmp_path / "reference"
     assert main([*SMALL, "--out", str(reference)]) == 0
     out, log = tmp_path / "run", tmp_path / "killed.log"
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
     ended, steps = [], []
-    try:
-        for plan in _kill_plan(24):
-            zygote.stdin.write(json.dumps({**plan, "argv": [*SMALL, "--out", str(out)], "log": str(log)}) + "\n")
-            zygote.stdin.flush()
-            ended.append(json.loads(zygote.stdout.readline()))
-            steps.append(_resumable_step(out / "checkpoint.pt"))
-    finally:
-        zygote.stdin.close()
-        zygote.wait(timeout=60)
+    for plan in _kill_plan(24):
+        zygote.fork([*SMALL, "--out", str(out)], log, **plan)
+        ended.append(zygote.ended())
+        steps.append(_resumable_step(out / "checkpoint.pt"))
     assert ended == [-signal.SIGKILL] * 20, log.read_text()[-3000:]  # every moment came: no run finished first
     assert steps == sorted(steps) and 0 < steps[-1] < 24  # progress, never lost
     capsys.readouterr()

@@ -161,7 +161,7 @@ def test_demo_config_reports_knn_for_both_backbones(tmp_path):
 def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, capsys):
     """precision auto is measured once per run: the checkpoint records the choice and a resume reuses it (a loaded
     machine could otherwise measure differently and resume in another precision, no longer bit for bit)."""
-    auto = [arg for arg in TINY if arg not in ("--precision", "fp32")]
+    auto = [*(arg for arg in TINY if arg not in ("--precision", "fp32")), "--limit", "64"]  # 2 steps an epoch
     out = tmp_path / "run"
     assert main(["pretrain", *auto, "--epochs", "1", "--out", str(out)]) == 0
     first = load_checkpoint(out)["precision"]
