@@ -46,7 +46,14 @@ import torchvision
 import yaml
 from torch import nn
 
-from barlowtwins.runtime import fastest_dtype, precision_name, run_metadata, seed_everything, usable_cpus
+from barlowtwins.runtime import (
+    fastest_dtype,
+    precision_name,
+    probe_samples,
+    run_metadata,
+    seed_everything,
+    usable_cpus,
+)
 from barlowtwins.validation import parse_duration
 
 # solo-learn's Barlow Twins settings (scripts/pretrain/cifar/barlow.yaml = imagenet-100/barlow.yaml) and defaults
@@ -162,10 +169,10 @@ def main() -> None:
     (x0, x1), _, _ = next(batches)
     x0, x1 = x0.to(memory_format=memory_format), x1.to(memory_format=memory_format)
     if args.precision == "auto":  # pretrain's probe: a quarter batch through a copy in eval mode
-        probe, n = copy.deepcopy(model).eval(), max(8, len(x0) // 4)
+        probe, (n, n_scout) = copy.deepcopy(model).eval(), probe_samples(len(x0))
 
-        def probe_step(d: torch.dtype | None, few: bool) -> None:  # the scout: an eighth of the quarter batch
-            k = max(2, n // 8) if few else n
+        def probe_step(d: torch.dtype | None, few: bool) -> None:  # few: the scout's eighth of the quarter batch
+            k = n_scout if few else n
             loss_of(x0[:k], x1[:k], d, probe).backward()
 
         dtype, seconds = fastest_dtype(probe_step)

@@ -72,16 +72,22 @@ def fastest_dtype(step: Callable[[torch.dtype | None, bool], object]) -> tuple[t
     scout = {f"{precision_name(dtype)} scout": _timed(step, dtype, scout=True) for dtype in (None, torch.bfloat16)}
     if scout["bfloat16 scout"] > SCOUT_SLOWER * scout["fp32 scout"]:
         return None, seconds | scout
-    start = time.perf_counter()
-    step(torch.bfloat16, False)
-    warm_up = time.perf_counter() - start
-    # clearly slower: its warm-up bounds it from above
+    warm_up = _timed(step, torch.bfloat16)  # clearly slower: its warm-up bounds it from above
     seconds["bfloat16"] = warm_up if warm_up > 3 * seconds["fp32"] else _timed(step, torch.bfloat16)
     faster = seconds["bfloat16"] < 0.9 * seconds["fp32"]
     return (torch.bfloat16 if faster else None), seconds
 
 
-def _timed(step: Callable[[torch.dtype | None, bool], object], dtype, scout=False, warm_up=False) -> float:
+def probe_samples(batch: int) -> tuple[int, int]:
+    """The samples per view ``fastest_dtype``'s step runs: a quarter batch (at least 8), and the scout's eighth of
+    that (at least 2: the loss standardises over the batch)."""
+    n = max(8, batch // 4)
+    return n, max(2, n // 8)
+
+
+def _timed(
+    step: Callable[[torch.dtype | None, bool], object], dtype: torch.dtype | None, scout=False, warm_up=False
+) -> float:
     """Seconds of one ``step(dtype, scout)``, after an untimed one if ``warm_up``."""
     if warm_up:
         step(dtype, scout)

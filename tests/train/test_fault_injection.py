@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,29 +139,31 @@ def zygote():
     process.process.wait(timeout=60)
 
 
-def _wait_for_log(log: Path, pid: int, *markers: str) -> str:
-    """The first line of the run's output holding one of ``markers``, once it is there."""
-    while True:
-        line = next(
-            (x for x in (log.read_text() if log.is_file() else "").splitlines() if any(m in x for m in markers)), None
-        )
-        if line is not None:
-            return line
+def _poll(found: Callable[[], object], pid: int, log: Path, what: str):
+    """``found()`` once it is not None, polled while the run ``pid`` lives (its log's tail if it ends before)."""
+    while (result := found()) is None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            raise AssertionError(f"the run ended before printing {markers}: {log.read_text()[-3000:]}") from None
+            raise AssertionError(f"the run ended before {what}: {log.read_text()[-3000:]}") from None
         time.sleep(0.05)
+    return result
+
+
+def _wait_for_log(log: Path, pid: int, *markers: str) -> str:
+    """The first line of the run's output holding one of ``markers``, once it is there."""
+
+    def line() -> str | None:
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return next((x for x in lines if any(m in x for m in markers)), None)
+
+    return _poll(line, pid, log, f"printing {markers}")
 
 
 def _wait_for_metrics(out: Path, pid: int, log: Path) -> None:
     """Until the run logged its first step (its signal handlers and lock are in place)."""
-    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            raise AssertionError(f"the run ended before its first step: {log.read_text()[-3000:]}") from None
-        time.sleep(0.05)
+    metrics = out / "metrics.jsonl"
+    _poll(lambda: (metrics.is_file() and metrics.read_text().strip()) or None, pid, log, "its first step")
 
 
 def _assert_same_weights(reference: Path, run: Path) -> None:

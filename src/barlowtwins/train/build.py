@@ -24,7 +24,7 @@ from barlowtwins.init_weights import initialise
 from barlowtwins.methods import METHODS
 from barlowtwins.models.backbones import Backbone, initial_backbone
 from barlowtwins.optim import build_optimizer
-from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, select_device
+from barlowtwins.runtime import autocast_dtype, fastest_dtype, precision_name, probe_samples, select_device
 from barlowtwins.train.monitor import Monitor, knn_images
 from barlowtwins.train.preflight import check_batch_size, check_evaluation_data
 from barlowtwins.train.resolution import resize_views
@@ -183,8 +183,10 @@ def choose_precision(
         return autocast_dtype(resumed, setup.device)
     views = resize_views(views, config.augment.image_size)  # a no-op for views made at full size
     probe = copy.deepcopy(setup.method).eval()  # eval: no batch-norm statistics change, no collectives
-    n = max(8, len(views[0]) // 4)  # a quarter batch: the ratio is what counts (small views: n per small view)
-    quarter, scout = ([view[: k * (len(view) // len(views[0]))] for view in views] for k in (n, max(2, n // 8)))
+    # a quarter batch and the scout's few: the ratio is what counts (small views: as many per small view)
+    quarter, scout = (
+        [view[: k * (len(view) // len(views[0]))] for view in views] for k in probe_samples(len(views[0]))
+    )
 
     def forward_backward(dtype: torch.dtype | None, few: bool) -> None:
         with torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext():
